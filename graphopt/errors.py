@@ -1,0 +1,31 @@
+"""Errors a user can cause. The CLI prints their message on one line and exits with `exit_code`."""
+
+from __future__ import annotations
+
+__all__ = ["GraphoptError", "InputError", "UsageError", "VerificationError", "BudgetError"]
+
+
+class GraphoptError(Exception):
+    """Base of every error caused by the user's input or settings."""
+
+    exit_code = 2
+
+
+class InputError(GraphoptError):
+    """The model (or data) file cannot be used: missing, truncated, not ONNX, unsupported."""
+
+
+class UsageError(GraphoptError):
+    """A flag or setting is wrong (unknown pass name, malformed --shape, ...)."""
+
+
+class VerificationError(GraphoptError):
+    """The optimized model's outputs differ from the original's beyond tolerance."""
+
+    exit_code = 1
+
+
+class BudgetError(GraphoptError):
+    """No setting of a lossy pass meets the user's accuracy budget."""
+
+    exit_code = 1

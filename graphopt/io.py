@@ -1,0 +1,171 @@
+"""Load and save models: paths, protos or IR; external data; atomic writes; one-line errors.
+
+Models load lazily through onnx-ir (external tensors are memory-mapped, so a model over
+2 GB costs almost nothing to open). Saving goes through a temporary directory beside the
+target and `os.replace`, so a crash never leaves a half-written output, and the input
+file (or its external data) is never the target.
+"""
+
+from __future__ import annotations
+
+__all__ = ["load", "save", "model_size_bytes", "external_data_paths", "EXTERNAL_DATA_THRESHOLD"]
+
+import logging
+import os
+import pathlib
+import shutil
+import tempfile
+
+import onnx
+import onnx_ir as ir
+from google.protobuf.message import DecodeError
+
+from graphopt.errors import InputError, UsageError
+
+logger = logging.getLogger(__name__)
+
+# Protobuf cannot serialize 2 GiB; leave headroom for the graph itself.
+EXTERNAL_DATA_THRESHOLD = 1_800_000_000
+_MIN_IR_VERSION = 3
+
+
+def load(source: str | os.PathLike | onnx.ModelProto | ir.Model) -> ir.Model:
+    """Return an `ir.Model` for a path, a ModelProto or an IR model (copied, never mutated)."""
+    if isinstance(source, ir.Model):
+        return _copy_ir(source)
+    if isinstance(source, onnx.ModelProto):
+        _check_versions(source.ir_version, source.opset_import, "<ModelProto>")
+        return ir.serde.deserialize_model(source)
+    if isinstance(source, (str, os.PathLike)):
+        return _load_path(pathlib.Path(source))
+    raise UsageError(f"cannot load a model from {type(source).__name__}: give a path, onnx.ModelProto or ir.Model")
+
+
+def _copy_ir(model: ir.Model) -> ir.Model:
+    if model_size_bytes(model) >= EXTERNAL_DATA_THRESHOLD:
+        logger.info("model over 2 GB given as ir.Model: optimizing it in place")
+        return model
+    return ir.serde.deserialize_model(ir.serde.serialize_model(model))
+
+
+def _load_path(path: pathlib.Path) -> ir.Model:
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory, expected an .onnx file")
+    size = path.stat().st_size
+    if size == 0:
+        raise InputError(f"{path}: empty file, not an ONNX model")
+    with open(path, "rb") as f:
+        head = f.read(64)
+    try:
+        model = ir.load(path)
+    except DecodeError as e:
+        raise InputError(_decode_failure(path, head)) from e
+    except (OSError, ValueError, RuntimeError, TypeError) as e:
+        raise InputError(f"{path}: cannot be read as ONNX ({_first_line(e)})") from e
+    if model.graph is None or (not model.graph.outputs and not len(model.graph)):
+        raise InputError(f"{path}: not an ONNX model (no graph found)")
+    _check_versions(model.ir_version, model.opset_imports, str(path))
+    _check_external_data(model, path)
+    return model
+
+
+def _decode_failure(path: pathlib.Path, head: bytes) -> str:
+    # A ModelProto starts with field 1 (ir_version, varint tag 0x08) or another known field tag;
+    # a file that starts like one but does not parse was cut short.
+    if head[:1] in (b"\x08", b"\x12", b"\x1a", b"\x22", b"\x2a", b"\x32", b"\x3a", b"\x42"):
+        return f"{path}: truncated or corrupt ONNX file (protobuf parse failed)"
+    return f"{path}: not an ONNX file (protobuf parse failed)"
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+def _check_versions(ir_version: int, opsets, where: str) -> None:
+    if ir_version > onnx.IR_VERSION or ir_version < _MIN_IR_VERSION:
+        raise InputError(
+            f"{where}: unsupported IR version {ir_version} "
+            f"(graphopt supports {_MIN_IR_VERSION}..{onnx.IR_VERSION}; upgrade onnx or re-export)"
+        )
+    if isinstance(opsets, dict):
+        default = opsets.get("", opsets.get("ai.onnx"))
+    else:
+        default = next((o.version for o in opsets if o.domain in ("", "ai.onnx")), None)
+    newest = onnx.defs.onnx_opset_version()
+    if default is not None and default > newest:
+        raise InputError(f"{where}: opset {default} is newer than this onnx package knows ({newest})")
+
+
+def _check_external_data(model: ir.Model, path: pathlib.Path) -> None:
+    for tensor in _tensors(model):
+        if not isinstance(tensor, ir.ExternalTensor):
+            continue
+        data_path = pathlib.Path(tensor.base_dir) / tensor.location
+        if not data_path.exists():
+            raise InputError(f"{path}: external data file {tensor.location!r} is missing (expected at {data_path})")
+        end = (tensor.offset or 0) + (tensor.length or 0)
+        if data_path.stat().st_size < end:
+            raise InputError(
+                f"{path}: external data file {tensor.location!r} is truncated "
+                f"({data_path.stat().st_size} bytes, tensor {tensor.name!r} needs {end})"
+            )
+
+
+def _tensors(model: ir.Model):
+    for graph in (model.graph, *model.graph.subgraphs()):
+        for value in graph.initializers.values():
+            if value.const_value is not None:
+                yield value.const_value
+
+
+def external_data_paths(model: ir.Model) -> set[pathlib.Path]:
+    """The external data files a loaded model reads from."""
+    return {
+        (pathlib.Path(t.base_dir) / t.location).resolve()
+        for t in _tensors(model)
+        if isinstance(t, ir.ExternalTensor)
+    }
+
+
+def model_size_bytes(model: ir.Model) -> int:
+    """Bytes held by initializers (what decides whether external data is needed)."""
+    return sum(t.nbytes for t in _tensors(model))
+
+
+def save(model: ir.Model, path: str | os.PathLike, *, external_data: bool | None = None,
+         protect: set[pathlib.Path] = frozenset()) -> list[pathlib.Path]:
+    """Write `model` atomically to `path`; return the files written.
+
+    `external_data=None` chooses: weights go to `<name>.data` when the model is too big for
+    one protobuf or when it was loaded with external data. `protect` lists files that must
+    not be replaced (the input model and its data).
+    """
+    target = pathlib.Path(path).resolve()
+    if external_data is None:
+        external_data = model_size_bytes(model) >= EXTERNAL_DATA_THRESHOLD or bool(external_data_paths(model))
+    data_name = target.name + ".data"
+    targets = [target] + ([target.parent / data_name] if external_data else [])
+    for t in targets:
+        if t in {p.resolve() for p in protect}:
+            raise UsageError(f"{t}: refusing to overwrite the input; choose another output path")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = pathlib.Path(tempfile.mkdtemp(prefix=".graphopt-", dir=target.parent))
+    try:
+        staged = staging / target.name
+        if external_data:
+            ir.save(model, staged, external_data=data_name)
+        else:
+            ir.save(model, staged)
+        written = []
+        # Data first: a reader that sees the new model file also finds its data.
+        for t in reversed(targets):
+            os.replace(staging / t.name, t)
+            written.append(t)
+        return written[::-1]
+    except OSError as e:
+        raise InputError(f"{target}: cannot write output ({_first_line(e)})") from e
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

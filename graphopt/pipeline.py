@@ -1,0 +1,160 @@
+"""The pass protocol, pass registry entries and the pipeline that runs them to a fixed point.
+
+A pass is an `ir.passes.InPlacePass` (onnx-ir's own infrastructure; we add no second pass
+manager). A pass may return `CountedPassResult` to report named counters (MLIR-style pass
+statistics); the pipeline adds timing and node counts to every pass it runs.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CountedPassResult",
+    "PassOptions",
+    "PassSpec",
+    "PassStats",
+    "Pipeline",
+    "PipelineResult",
+    "count_nodes",
+]
+
+import collections
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+import onnx_ir as ir
+
+from graphopt.errors import UsageError
+
+logger = logging.getLogger(__name__)
+
+MAX_ITERATIONS = 8
+
+
+@dataclasses.dataclass
+class CountedPassResult(ir.passes.PassResult):
+    """A PassResult that carries named counters, e.g. {"batchnorm_folded": 53}."""
+
+    counters: dict[str, int] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class PassOptions:
+    """Settings a pass factory may read. One object per optimize() call."""
+
+    outputs: list[str] | None = None  # graph outputs to keep; None keeps all
+    fold_limit_bytes: int = 1 << 20  # largest constant that folding may create
+    shapes: dict[str, list[int]] = dataclasses.field(default_factory=dict)
+    keep_initializer_inputs: bool = False
+    extra: dict[str, object] = dataclasses.field(default_factory=dict)  # options of later passes
+
+
+@dataclasses.dataclass(frozen=True)
+class PassSpec:
+    """A named pass: how to build it from options, and what it is for."""
+
+    name: str
+    factory: Callable[[PassOptions], ir.passes.PassBase]
+    description: str
+    # False for passes that annotate rather than rewrite (shape inference): their
+    # `modified` does not keep the fixed-point loop going.
+    rewrites: bool = True
+
+
+@dataclasses.dataclass
+class PassStats:
+    name: str
+    runs: int = 0
+    modified_runs: int = 0
+    seconds: float = 0.0
+    nodes_removed: int = 0
+    nodes_added: int = 0
+    counters: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "runs": self.runs,
+            "modified_runs": self.modified_runs,
+            "seconds": round(self.seconds, 6),
+            "nodes_removed": self.nodes_removed,
+            "nodes_added": self.nodes_added,
+            "counters": dict(self.counters),
+        }
+
+
+@dataclasses.dataclass
+class PipelineResult:
+    model: ir.Model
+    stats: list[PassStats]
+    iterations: int
+
+
+def count_nodes(model: ir.Model) -> int:
+    """Nodes in the main graph, its subgraphs and its functions."""
+    return sum(1 for _ in _all_nodes(model))
+
+
+def _all_nodes(model: ir.Model):
+    yield from model.graph.all_nodes()
+    for function in model.functions.values():
+        yield from function.all_nodes()
+
+
+class Pipeline:
+    """Runs pass specs in order, repeating the list until no rewriting pass changes the model."""
+
+    def __init__(self, specs: Sequence[PassSpec], options: PassOptions | None = None,
+                 max_iterations: int = MAX_ITERATIONS):
+        self.specs = list(specs)
+        self.options = options or PassOptions()
+        self.max_iterations = max_iterations
+        self._passes = [(spec, spec.factory(self.options)) for spec in self.specs]
+
+    def run(self, model: ir.Model, progress: Callable[[str], None] | None = None) -> PipelineResult:
+        stats = {spec.name: PassStats(spec.name) for spec in self.specs}
+        iterations = 0
+        for iterations in range(1, self.max_iterations + 1):
+            changed = False
+            for spec, pass_ in self._passes:
+                if progress:
+                    progress(spec.name)
+                modified = self._run_one(spec, pass_, model, stats[spec.name])
+                changed |= modified and spec.rewrites
+            if not changed:
+                break
+        else:
+            logger.warning("pipeline did not reach a fixed point in %d iterations", self.max_iterations)
+        return PipelineResult(model, list(stats.values()), iterations)
+
+    @staticmethod
+    def _run_one(spec: PassSpec, pass_: ir.passes.PassBase, model: ir.Model, stat: PassStats) -> bool:
+        before = {id(n) for n in _all_nodes(model)}
+        start = time.perf_counter()
+        try:
+            result = pass_(model)
+        except ir.passes.InvariantError:
+            raise
+        except Exception as e:
+            raise ir.passes.PassError(f"pass {spec.name!r} failed: {e}") from e
+        stat.seconds += time.perf_counter() - start
+        if result.model is not model:
+            raise ir.passes.PassError(f"pass {spec.name!r} must rewrite the model in place")
+        after = {id(n) for n in _all_nodes(model)}
+        stat.runs += 1
+        stat.modified_runs += int(result.modified)
+        stat.nodes_removed += len(before - after)
+        stat.nodes_added += len(after - before)
+        stat.counters.update(getattr(result, "counters", {}) or {})
+        return bool(result.modified)
+
+
+def select(available: dict[str, PassSpec], level_names: Sequence[str],
+           passes: Sequence[str] | None = None, skip: Sequence[str] = ()) -> list[PassSpec]:
+    """Resolve --passes/--skip against the registry: `passes` replaces the level's list."""
+    names = list(passes) if passes else list(level_names)
+    unknown = [n for n in [*names, *skip] if n not in available]
+    if unknown:
+        raise UsageError(f"unknown pass {unknown[0]!r}; known passes: {', '.join(sorted(available))}")
+    return [available[n] for n in names if n not in set(skip)]

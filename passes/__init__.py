@@ -1,0 +1,75 @@
+"""The rewrite passes and the named pipelines (levels) that order them.
+
+Pipelines are data: each level is a list of pass names. A pass module is imported only
+when its pass is built, so `graphopt passes` and the CLI start fast.
+"""
+
+from __future__ import annotations
+
+__all__ = ["REGISTRY", "LEVELS", "DEFAULT_LEVEL", "level_names"]
+
+import importlib
+
+from graphopt.pipeline import PassOptions, PassSpec
+
+
+def _lazy(module: str, cls: str, **option_args):
+    """A factory that imports `passes.<module>` and builds `cls`, passing selected options."""
+
+    def factory(options: PassOptions):
+        pass_class = getattr(importlib.import_module(f"passes.{module}"), cls)
+        kwargs = {arg: getter(options) for arg, getter in option_args.items()}
+        return pass_class(**kwargs)
+
+    return factory
+
+
+_SPECS = [
+    PassSpec("drop_initializer_inputs",
+             _lazy("initializer_inputs", "DropInitializerInputsPass",
+                   keep=lambda o: o.keep_initializer_inputs),
+             "Remove initializers from the graph inputs (IR v3 exports) so ORT may fold and fuse them."),
+    PassSpec("keep_outputs", _lazy("dead_outputs", "KeepOutputsPass", outputs=lambda o: o.outputs),
+             "Keep only the graph outputs named by --outputs; what fed only the others becomes dead."),
+    PassSpec("eliminate_noops", _lazy("noops", "EliminateNoOpsPass"),
+             "Remove Identity, inference Dropout, same-type Cast, same-shape Reshape, identity Transpose, "
+             "zero Pad, and Transpose/Reshape chains that cancel."),
+    PassSpec("fold_constants",
+             _lazy("constant_folding", "FoldConstantsPass", size_limit_bytes=lambda o: o.fold_limit_bytes),
+             "Evaluate nodes whose inputs are all constant, unless the result outgrows --fold-limit."),
+    PassSpec("fold_batchnorm", _lazy("fold_batchnorm", "FoldBatchNormPass"),
+             "Fold inference BatchNormalization into the Conv/ConvTranspose/Gemm/MatMul before it, "
+             "or into a Conv after it."),
+    PassSpec("fold_affine", _lazy("fold_affine", "FoldAffineIntoWeightsPass"),
+             "Fold Mul/Add by constants after Conv/ConvTranspose/Gemm/MatMul into weights and bias."),
+    PassSpec("dedupe_initializers", _lazy("dedupe", "DeduplicateInitializersPass"),
+             "Merge initializers with the same dtype, shape and bytes."),
+    PassSpec("cse", _lazy("cse", "EliminateCommonSubexpressionsPass"),
+             "Merge nodes with the same op, inputs and attributes."),
+    PassSpec("eliminate_dead_code", _lazy("dead_code", "EliminateDeadCodePass"),
+             "Remove nodes that reach no graph output, unused initializers, opsets and functions."),
+    PassSpec("infer_shapes", _lazy("shape_inference", "InferShapesPass"),
+             "Annotate values with onnx shape inference so later passes and ORT see shapes.",
+             rewrites=False),
+]
+
+REGISTRY: dict[str, PassSpec] = {spec.name: spec for spec in _SPECS}
+
+_CLEANUP = ["drop_initializer_inputs", "keep_outputs", "eliminate_noops", "fold_constants",
+            "dedupe_initializers", "cse", "eliminate_dead_code", "infer_shapes"]
+_FUSION = ["fold_batchnorm", "fold_affine"]
+
+LEVELS: dict[int, list[str]] = {
+    0: [],
+    1: _CLEANUP,
+    2: _CLEANUP[:4] + _FUSION + _CLEANUP[4:],
+}
+DEFAULT_LEVEL = 2
+
+
+def level_names(level: int) -> list[str]:
+    from graphopt.errors import UsageError
+
+    if level not in LEVELS:
+        raise UsageError(f"--level {level}: choose one of {', '.join(map(str, sorted(LEVELS)))}")
+    return LEVELS[level]
