@@ -9,10 +9,14 @@ from __future__ import annotations
 __all__ = ["analyze", "value_signature"]
 
 import collections
+import logging
 import math
 
 import numpy as np
 import onnx_ir as ir
+import onnx_ir.passes.common as common_passes
+
+logger = logging.getLogger(__name__)
 
 
 def _dims(value: ir.Value | None) -> list[int] | None:
@@ -120,6 +124,6 @@ def analyze(model: ir.Model, *, infer_shapes: bool = True) -> dict:
 
 def _infer(model: ir.Model) -> None:
     try:
-        ir.passes.common.ShapeInferencePass(data_prop=False)(model)
-    except Exception:  # noqa: BLE001 - shapes are a nicety for the report; missing ones are reported as unknown
-        pass
+        common_passes.ShapeInferencePass(data_prop=False)(model)
+    except Exception as e:  # noqa: BLE001 - shapes only feed the report; missing ones are reported as unknown
+        logger.warning("shape inference failed, MACs may be incomplete: %s", e)

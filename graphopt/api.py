@@ -1,0 +1,125 @@
+"""The public API: `optimize(model, ...)` -> `OptimizeResult`. The CLI is a thin layer over it."""
+
+from __future__ import annotations
+
+__all__ = ["OptimizeResult", "optimize", "inspect"]
+
+import dataclasses
+import logging
+import os
+import pathlib
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from graphopt import io
+from graphopt.analysis import analyze
+from graphopt.pipeline import PassOptions, Pipeline, select
+from graphopt.report import Report
+from graphopt.verify import RTOL, ATOL, VerifyResult, load_npz, verify as verify_models
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class OptimizeResult:
+    model: ir.Model
+    report: Report
+    _protect: set[pathlib.Path] = dataclasses.field(default_factory=set, repr=False)
+
+    def to_onnx(self) -> onnx.ModelProto:
+        return ir.serde.serialize_model(self.model)
+
+    def save(self, path: str | os.PathLike, *, external_data: bool | None = None) -> list[pathlib.Path]:
+        """Write atomically; refuses to overwrite the input model or its external data."""
+        written = io.save(self.model, path, external_data=external_data, protect=self._protect)
+        self.report.output = str(written[0])
+        self.report.file_bytes_after = sum(p.stat().st_size for p in written)
+        return written
+
+
+def _source_bytes(source, working: ir.Model) -> int:
+    """Bytes on disk (model plus external data), or serialized size, for the report."""
+    if isinstance(source, (str, os.PathLike)):
+        files = {pathlib.Path(source).resolve(), *io.external_data_paths(working)}
+        return sum(p.stat().st_size for p in files)
+    if isinstance(source, onnx.ModelProto):
+        return source.ByteSize()
+    return io.model_size_bytes(working)
+
+
+def _protected_paths(source, model: ir.Model) -> set[pathlib.Path]:
+    if not isinstance(source, (str, os.PathLike)):
+        return set()
+    return {pathlib.Path(source).resolve(), *io.external_data_paths(model)}
+
+
+def optimize(
+    model,
+    *,
+    level: int | None = None,
+    passes: Sequence[str] | None = None,
+    skip: Sequence[str] = (),
+    outputs: Sequence[str] | None = None,
+    shapes: dict[str, list[int]] | None = None,
+    inputs: str | os.PathLike | dict[str, np.ndarray] | None = None,
+    verify: bool = True,
+    rtol: float = RTOL,
+    atol: float = ATOL,
+    fold_limit_mb: float = 1.0,
+    keep_initializer_inputs: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> OptimizeResult:
+    """Optimize a model (path, onnx.ModelProto or ir.Model); the source is never modified.
+
+    `level` picks a named pipeline (0 none, 1 clean-up, 2 clean-up + vertical fusion);
+    `passes` replaces it with an explicit list and `skip` removes names from either.
+    With `verify`, the result is run against the original in ONNX Runtime; the verdict
+    is in `result.report.verification` (the caller decides whether a failure is fatal).
+    """
+    from passes import DEFAULT_LEVEL, REGISTRY, level_names  # the one place the engine meets the passes
+
+    start = time.perf_counter()
+    level = DEFAULT_LEVEL if level is None and not passes else level
+    specs = select(REGISTRY, level_names(level) if level is not None else [], passes, skip)
+    options = PassOptions(outputs=list(outputs) if outputs else None,
+                          fold_limit_bytes=int(fold_limit_mb * (1 << 20)),
+                          shapes=dict(shapes or {}), keep_initializer_inputs=keep_initializer_inputs)
+    working = io.load(model)
+    protect = _protected_paths(model, working)
+    file_before = _source_bytes(model, working)
+    before = analyze(working)
+    result = Pipeline(specs, options).run(working, progress=progress)
+    after = analyze(working, infer_shapes=False)
+    data = load_npz(inputs) if isinstance(inputs, (str, os.PathLike)) else inputs
+
+    file_after = None
+    verification: VerifyResult | None = None
+    with tempfile.TemporaryDirectory(prefix="graphopt-") as tmp:
+        staged = pathlib.Path(tmp) / "optimized.onnx"
+        written = io.save(working, staged)
+        file_after = sum(p.stat().st_size for p in written)
+        if verify:
+            if progress:
+                progress("verify")
+            verification = verify_models(model, staged, shapes=shapes, data=data, rtol=rtol, atol=atol,
+                                         outputs=list(outputs) if outputs else None)
+    warnings = []
+    if verification is not None and verification.status == "skipped":
+        warnings.append(f"not verified: {verification.reason}")
+    report = Report(
+        source=str(model) if isinstance(model, (str, os.PathLike)) else type(model).__name__,
+        level=level, passes=result.stats, iterations=result.iterations,
+        before=before, after=after, file_bytes_before=file_before, file_bytes_after=file_after,
+        verification=verification, seconds=time.perf_counter() - start, warnings=warnings,
+    )
+    return OptimizeResult(working, report, protect)
+
+
+def inspect(model) -> dict:
+    """The analysis summary of a model (path, proto or IR)."""
+    return analyze(io.load(model))
