@@ -14,6 +14,8 @@ __all__ = [
     "attr_ints",
     "opset_version",
     "remove_node_keep_value",
+    "model_names",
+    "fresh_name",
 ]
 
 import itertools
@@ -143,3 +145,27 @@ def remove_node_keep_value(node: ir.Node, replacement: ir.Value) -> bool:
     out.replace_all_uses_with(replacement)
     graph.remove(node, safe=True)
     return True
+
+
+def model_names(model: ir.Model) -> set[str]:
+    """Every value name in the model: all graphs (subgraph inputs and initializers included)
+    and all functions. Use with `fresh_name` when a subgraph must not shadow an outer name."""
+    names: set[str] = set()
+    for graph in graphs_of(model):
+        names.update(v.name for v in graph.inputs if v.name)
+        if isinstance(graph, ir.Graph):
+            names.update(graph.initializers)
+        for node in graph:
+            names.update(v.name for v in node.outputs if v.name)
+    return names
+
+
+def fresh_name(taken: set[str], base: str) -> str:
+    """`base`, or `base_1`, `base_2`... whichever is not in `taken`; the result is added to `taken`."""
+    name = base
+    for i in itertools.count(1):
+        if name not in taken:
+            break
+        name = f"{base}_{i}"
+    taken.add(name)
+    return name
