@@ -1,0 +1,239 @@
+"""Tests for passes/constant_folding.py."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+
+from passes.constant_folding import FoldConstantsPass
+from tests import util
+
+HEADER = '<ir_version: 10, opset_import: ["" : 21]>'
+
+
+def inputs_to_initializers(model: ir.Model, **arrays: np.ndarray) -> None:
+    """Turn the named graph inputs into initializers (the parser cannot write big tensors)."""
+    for value in list(model.graph.inputs):
+        if value.name in arrays:
+            model.graph.inputs.remove(value)
+            value.const_value = ir.tensor(arrays[value.name])
+            model.graph.register_initializer(value)
+
+
+def fold(model: ir.Model, **kwargs):
+    before = util.copy(model)
+    result = FoldConstantsPass(**kwargs)(model)
+    return before, result
+
+
+def test_add_of_initializers_is_folded_and_inputs_dropped():
+    model = util.parse(HEADER + """
+        g (float[2,3] x) => (float[2,3] y) <float[2,3] a = {1,2,3,4,5,6}, float[3] b = {1,1,1}> {
+            c = Add(a, b)
+            y = Mul(x, c)
+        }""")
+    before, result = fold(model)
+    assert result.modified and result.counters == {"nodes_folded": 1}
+    assert util.ops(model) == ["Mul"]
+    folded = model.graph.node(0).inputs[1]
+    assert folded.is_initializer() and folded.name not in ("a", "b")
+    np.testing.assert_array_equal(folded.const_value.numpy(), [[2, 3, 4], [5, 6, 7]])
+    assert set(model.graph.initializers) == {folded.name}
+    util.assert_equivalent(before, model)
+
+
+def test_chain_of_constant_nodes_folds_in_one_run():
+    model = util.parse(HEADER + """
+        g (float[4,2] x) => (float[4,3] y) {
+            w = Constant <value = float[3,2] {1,2,3,4,5,6}> ()
+            s = Constant <value = int64[2] {2,3}> ()
+            wt = Transpose <perm = [1, 0]> (w)
+            w2 = Reshape(wt, s)
+            y = MatMul(x, w2)
+        }""")
+    before, result = fold(model)
+    assert result.counters["nodes_folded"] == 2
+    assert util.ops(model) == ["MatMul"]
+    util.assert_equivalent(before, model)
+
+
+def test_folded_graph_output_keeps_its_name():
+    model = util.parse(HEADER + """
+        g (float[3] x) => (float[3] y, float[3] c) <float[3] a = {1,2,3}> {
+            c = Neg(a)
+            y = Add(x, c)
+        }""")
+    before, result = fold(model)
+    assert result.modified
+    assert [v.name for v in model.graph.outputs] == ["y", "c"]
+    assert model.graph.outputs[1] is model.graph.initializers["c"]
+    util.assert_equivalent(before, model)
+
+
+def test_new_names_never_reuse_an_existing_initializer_name():
+    model = util.parse(HEADER + """
+        g (float[3] x) => (float[3] y) <float[3] a = {1,2,3}, float[3] c_1 = {7,8,9}> {
+            c = Neg(a)
+            d = Add(x, c)
+            y = Add(d, c_1)
+        }""")
+    before, result = fold(model)
+    assert result.modified
+    names = set(model.graph.initializers)
+    assert "c_1" in names and len(names) == 2
+    np.testing.assert_array_equal(model.graph.initializers["c_1"].const_value.numpy(), [7, 8, 9])
+    util.assert_equivalent(before, model)
+
+
+def test_multi_output_node_folds_all_outputs():
+    model = util.parse(HEADER + """
+        g (float[2] x) => (float[2] y) <float[4] a = {1,2,3,4}> {
+            p, q = Split <num_outputs = 2> (a)
+            r = Add(x, p)
+            y = Mul(r, q)
+        }""")
+    before, result = fold(model)
+    assert result.counters["nodes_folded"] == 1
+    assert util.ops(model) == ["Add", "Mul"]
+    util.assert_equivalent(before, model)
+
+
+def test_empty_optional_input_is_fine():
+    model = util.parse(HEADER + """
+        g (float[3] x) => (float[3] y) <float[3] a = {-1,0.5,3}, float hi = {1}> {
+            c = Clip(a, , hi)
+            y = Add(x, c)
+        }""")
+    before, result = fold(model)
+    assert result.modified
+    util.assert_equivalent(before, model)
+
+
+@pytest.mark.parametrize("op", ["ConstantOfShape", "Expand", "Tile"])
+def test_large_results_stay_unless_small(op):
+    body = {
+        "ConstantOfShape": "c = ConstantOfShape <value = float[1] {1}> (s)",
+        "Expand": "c = Expand(one, s)",
+        "Tile": "c = Tile(one2, s)",
+    }[op]
+    text = HEADER + """
+        g (float[N,N] x) => (float[N,N] y) <int64[2] s = {%d,%d}, float[1] one = {1}, float[1,1] one2 = {1}> {
+            %s
+            y = Add(x, c)
+        }"""
+    big = util.parse(text % (1024, 1024, body))  # 4 MiB of float: over the 1 MiB limit
+    assert not FoldConstantsPass()(big).modified
+    assert op in util.ops(big)
+    small = util.parse(text % (16, 16, body))
+    before, result = fold(small)
+    assert result.modified and op not in util.ops(small)
+    util.assert_equivalent(before, small, feeds={"x": np.ones((16, 16), np.float32)})
+
+
+def test_large_result_is_folded_when_it_frees_as_much():
+    model = util.parse(HEADER + """
+        g (float[2,512] x, float[1024,512] w) => (float[2,1024] y) {
+            wt = Transpose <perm = [1, 0]> (w)
+            y = MatMul(x, wt)
+        }""")
+    inputs_to_initializers(model, w=np.arange(1024 * 512, dtype=np.float32).reshape(1024, 512))  # 2 MiB
+    before, result = fold(model)
+    assert result.modified and util.ops(model) == ["MatMul"]
+    assert "w" not in model.graph.initializers
+    util.assert_equivalent(before, model)
+
+
+def test_large_result_of_a_shared_input_is_not_folded():
+    model = util.parse(HEADER + """
+        g (float[2,512] x, float[2,1024] z, float[1024,512] w) => (float[2,1024] y, float[2,512] u) {
+            wt = Transpose <perm = [1, 0]> (w)
+            y = MatMul(x, wt)
+            u = MatMul(z, w)
+        }""")
+    inputs_to_initializers(model, w=np.ones((1024, 512), np.float32))  # 2 MiB, also used as is
+    assert not FoldConstantsPass()(model).modified
+    assert FoldConstantsPass(size_limit_bytes=4 << 20)(model).modified
+
+
+@pytest.mark.parametrize("node", [
+    "c = RandomNormalLike <dtype = 1> (a)",
+    "c = Dropout(a)",
+    "q = QuantizeLinear(a, sc, zp)\n c = DequantizeLinear(q, sc, zp)",
+    "c = DequantizeLinear(qa, sc, zp)",
+    "c = Custom.Neg(a)",
+])
+def test_declined_ops(node):
+    model = util.parse("""<ir_version: 10, opset_import: ["" : 21, "Custom" : 1]>
+        g (float[3] x) => (float[3] y)
+          <float[3] a = {1,2,3}, float sc = {0.5}, uint8 zp = {3}, uint8[3] qa = {1,2,3}> {
+            %s
+            y = Add(x, c)
+        }""" % node)
+    ops = util.ops(model)
+    assert not FoldConstantsPass()(model).modified
+    assert util.ops(model) == ops
+
+
+def test_initializer_that_is_a_graph_input_is_not_constant():
+    model = util.parse(HEADER + """
+        g (float[3] x, float[3] a) => (float[3] y) <float[3] a = {1,2,3}> {
+            c = Neg(a)
+            y = Add(x, c)
+        }""")
+    assert not FoldConstantsPass()(model).modified
+    assert util.ops(model) == ["Neg", "Add"]
+
+
+def test_dead_node_is_left_to_dead_code_elimination():
+    model = util.parse(HEADER + """
+        g (float[3] x) => (float[3] y) <float[3] a = {1,2,3}> {
+            c = Neg(a)
+            y = Neg(x)
+        }""")
+    assert not FoldConstantsPass()(model).modified
+
+
+def test_folds_inside_if_branches_with_outer_constants():
+    model = util.parse(HEADER + """
+        g (bool cond, float[3] x) => (float[3] y) <float[3] a = {1,2,3}, float[3] t_1 = {0,0,1}> {
+            y = If(cond) <
+                then_branch = tb () => (float[3] r) {
+                    k = Constant <value = float[3] {1,1,1}> ()
+                    t = Add(a, k)
+                    r = Mul(x, t)
+                },
+                else_branch = eb () => (float[3] t) {
+                    t2 = Neg(a)
+                    t = Add(t2, t_1)
+                }>
+        }""")
+    before, result = fold(model)
+    assert result.counters["nodes_folded"] == 3
+    then_graph = model.graph.node(0).attributes["then_branch"].as_graph()
+    else_graph = model.graph.node(0).attributes["else_branch"].as_graph()
+    assert [n.op_type for n in then_graph] == ["Mul"]
+    assert len(else_graph) == 0 and [v.name for v in else_graph.outputs] == ["t"]
+    new_names = set(then_graph.initializers) | set(else_graph.initializers)
+    assert "t_1" not in new_names and "a" not in new_names
+    x = np.array([1, 2, 3], np.float32)
+    for cond in (True, False):
+        util.assert_equivalent(before, model, feeds={"cond": np.array(cond), "x": x})
+
+
+def test_functions_are_left_intact():
+    model = util.parse("""<ir_version: 10, opset_import: ["" : 21, "local" : 1]>
+        g (float[3] x) => (float[3] y) {
+            y = local.addk(x)
+        }
+        <domain: "local", opset_import: ["" : 21]>
+        addk (x) => (y) {
+            a = Constant <value = float[3] {1,2,3}> ()
+            c = Neg(a)
+            y = Add(x, c)
+        }""")
+    before, result = fold(model)
+    assert not result.modified
+    assert [n.op_type for n in model.functions[("local", "addk", "")]] == ["Constant", "Neg", "Add"]
+    util.assert_equivalent(before, model)
