@@ -171,12 +171,15 @@ def main(argv: list[str] | None = None) -> None:
     except (SystemExit, KeyboardInterrupt):
         raise
     except Exception as e:  # noqa: BLE001 - the CLI promises one line, never a traceback
-        import click
-
-        if isinstance(e, click.exceptions.Abort):
+        # Click's exception base, whether typer depends on click or vendors it (typer >= 0.2x).
+        click_error = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+        if isinstance(e, typer.Abort):
             _fail("aborted", 130)
-        if isinstance(e, click.ClickException):
-            _fail(e.format_message(), 2)
+        if isinstance(e, click_error):
+            message = e.format_message().strip()
+            if not message:  # no arguments: the help was printed, nothing else to say
+                sys.exit(2)
+            _fail(_first_line(Exception(message)), 2)
         if isinstance(e, (ir.passes.PassError, ir.passes.InvariantError)):
             _fail(f"{_first_line(e)} (rerun with --debug for details)", 3, e)
         _fail(f"internal error: {type(e).__name__}: {_first_line(e)} (rerun with --debug for details)", 3, e)

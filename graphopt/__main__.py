@@ -1,0 +1,5 @@
+"""`python -m graphopt ...` runs the `graphopt` console script."""
+
+from graphopt.cli import main
+
+main()
