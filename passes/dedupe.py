@@ -1,0 +1,95 @@
+"""Merge initializers that hold the same tensor.
+
+Cases, per graph (the main graph and each If/Loop/Scan body on its own):
+
+1. Initializers with the same dtype, shape and bytes become one: every use of a duplicate
+   is redirected to the first of them (in initializer order), and the duplicate goes.
+   Only initializers that share dtype and shape with another one are read, then hashed,
+   then compared byte for byte, so a model with no candidates costs no data reads.
+2. An initializer that is a graph output may be the one kept, and is never removed
+   (its name is interface).
+
+Refused:
+
+3. Initializers that are also graph inputs (IR v3 exports): the caller may feed them, so
+   they are not constants. Run `DropInitializerInputsPass` first.
+4. Across graphs: a body initializer equal to an outer one is left alone (merging would
+   turn it into an outer-scope reference; we keep bodies self-contained).
+5. Tensors whose data cannot be read (missing external file) are skipped.
+
+Why not `onnx_ir.passes.common.DeduplicateInitializersPass`: it skips tensors over 1024
+elements by default (the weights worth merging), keys a dict on the full bytes of every
+tensor, and logs a warning per initializer-input; the rule it applies is the same.
+"""
+
+from __future__ import annotations
+
+__all__ = ["DeduplicateInitializersPass"]
+
+import collections
+import hashlib
+import logging
+
+import onnx_ir as ir
+
+from graphopt.pipeline import CountedPassResult
+
+logger = logging.getLogger(__name__)
+
+
+def _data(value: ir.Value) -> bytes | None:
+    tensor = value.const_value
+    try:
+        if tensor.dtype == ir.DataType.STRING:
+            # length-prefixed, so ["ab", "c"] and ["a", "bc"] differ
+            return b"".join(len(s).to_bytes(8, "little") + s for s in tensor.string_data())
+        return tensor.tobytes()
+    except (OSError, ValueError) as e:  # unreadable external data: leave it alone
+        logger.debug("cannot read initializer %s: %s", value.name, e)
+        return None
+
+
+def _dedupe_graph(graph: ir.Graph, counters: collections.Counter) -> None:
+    by_meta: dict[tuple, list[ir.Value]] = collections.defaultdict(list)
+    for init in graph.initializers.values():
+        tensor = init.const_value
+        if init.is_graph_input() or tensor is None:
+            continue
+        by_meta[(tensor.dtype, tuple(tensor.shape.numpy()))].append(init)
+
+    for group in by_meta.values():
+        if len(group) < 2:
+            continue
+        by_hash: dict[bytes, list[tuple[ir.Value, bytes]]] = collections.defaultdict(list)
+        for init in group:
+            data = _data(init)
+            if data is not None:
+                by_hash[hashlib.sha256(data).digest()].append((init, data))
+        for same in by_hash.values():
+            _merge(graph, same, counters)
+
+
+def _merge(graph: ir.Graph, same: list[tuple[ir.Value, bytes]], counters: collections.Counter) -> None:
+    # keep a graph output if there is one: it cannot go anyway
+    keep, keep_data = next(((v, d) for v, d in same if v.is_graph_output()), same[0])
+    for init, data in same:
+        if init is keep or init.is_graph_output() or data != keep_data:
+            continue
+        logger.debug("initializer %s duplicates %s", init.name, keep.name)
+        init.replace_all_uses_with(keep)
+        del graph.initializers[init.name]
+        counters["initializers_merged"] += 1
+        counters["bytes_saved"] += len(data)
+
+
+class DeduplicateInitializersPass(ir.passes.InPlacePass):
+    """Merge initializers with the same dtype, shape and bytes, graph by graph."""
+
+    def call(self, model: ir.Model) -> CountedPassResult:
+        counters: collections.Counter = collections.Counter()
+        for graph in model.graphs():
+            _dedupe_graph(graph, counters)
+        if counters:
+            logger.info("merged %d duplicate initializers (%d bytes)", counters["initializers_merged"],
+                        counters["bytes_saved"])
+        return CountedPassResult(model, bool(counters), counters=dict(counters))
