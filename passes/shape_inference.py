@@ -1,0 +1,104 @@
+"""Shape inference: annotate values with the shapes and types onnx shape inference finds.
+
+onnx's C++ shape inference with `data_prop=False`: data propagation evaluates
+shape-computing subgraphs and used over 5 GB on a 1-D float[1e8] model (REUSE.md), while the
+shapes it adds are the ones constant folding already makes static. As in onnx-ir's
+`ShapeInferencePass`, inference runs on a proto of the model stripped of every main-graph
+initializer over 1 KB (onnx-ir's `call_onnx_api`: inference only needs their types and
+shapes), so models over 2 GB work and no weight is read or copied.
+
+We merge the result ourselves instead of calling `ShapeInferencePass`: its merge assigns
+`value.dtype`, which turns a value whose inferred type is seq(tensor(float)) or
+optional(...) into tensor(float); ORT then rejects the model (8 onnx conformance models:
+test_if_opt, test_loop16_seq_none, the SequenceMap expansions). We copy the whole inferred
+type and the shape.
+
+Cases:
+1. Values whose shape or dtype inference learns (or changes) are updated; the counter
+   `shapes_inferred` counts them, main graph and If/Loop/Scan bodies (functions are left
+   intact; onnx inference does not specialize them).
+2. Non-strict mode: a node inference cannot handle (custom domain, unknown op) leaves its
+   outputs unknown and inference continues past it.
+3. Declined, inference fails (type error, malformed model, a graph still over 2 GB after
+   stripping, e.g. huge Constant nodes or subgraph initializers): a warning is logged, the
+   model is left exactly as it was, and the result says modified=False. The pipeline never
+   fails because of shape inference.
+
+The pass never rewrites nodes, values, names or weights; `passes/__init__.py` registers it
+with `rewrites=False` so its annotations do not keep the fixed-point loop going.
+"""
+
+from __future__ import annotations
+
+__all__ = ["InferShapesPass"]
+
+import logging
+
+import onnx
+import onnx_ir as ir
+from onnx_ir.passes.common import _c_api_utils  # the >2 GB-safe proto round trip of ShapeInferencePass
+
+from graphopt.pipeline import CountedPassResult
+
+logger = logging.getLogger(__name__)
+
+
+class InferShapesPass(ir.passes.InPlacePass):
+    """Run onnx shape inference (no data propagation) and store the results on the IR values."""
+
+    def call(self, model: ir.Model) -> CountedPassResult:
+        before = _annotations(model)
+        try:
+            inferred = _c_api_utils.call_onnx_api(_infer, model)
+            _merge(model, ir.serde.deserialize_model(inferred))
+        except Exception as e:  # noqa: BLE001 - inference is an annotation: never fail the pipeline
+            logger.warning("shape inference failed, model left unchanged: %s", e)
+            _restore(model, before)
+            return CountedPassResult(model, False, counters={"shapes_inferred": 0})
+        after = _annotations(model)
+        changed = sum(1 for key, annotation in after.items() if before.get(key) != annotation)
+        for key, annotation in after.items():
+            if before.get(key) != annotation:
+                logger.debug("inferred %s: %s %s", key[1], annotation[1], annotation[0])
+        if changed:
+            logger.info("shape inference annotated %d values", changed)
+        return CountedPassResult(model, changed > 0, counters={"shapes_inferred": changed})
+
+
+def _infer(proto: onnx.ModelProto) -> onnx.ModelProto:
+    return onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=False, data_prop=False)
+
+
+def _merge(model: ir.Model, inferred: ir.Model) -> None:
+    """Copy inferred types (whole: tensor, sequence, optional) and shapes onto the model's values."""
+    for graph, inferred_graph in zip(model.graphs(), inferred.graphs()):
+        inferred_values = ir.convenience.create_value_mapping(inferred_graph)
+        for name, value in ir.convenience.create_value_mapping(graph).items():
+            new = inferred_values.get(name)
+            if new is None:
+                continue
+            if new.type is not None and new.type != value.type:
+                value.type = new.type
+            if new.shape is not None and new.shape != value.shape:
+                value.shape = new.shape
+
+
+def _values(model: ir.Model):
+    for graph in [model.graph, *model.graph.subgraphs()]:
+        yield from graph.inputs
+        yield from graph.initializers.values()
+        for node in graph:
+            yield from node.outputs
+
+
+def _annotations(model: ir.Model) -> dict[tuple[int, str], tuple]:
+    return {(id(v), v.name): (v.shape, v.type, v) for v in _values(model)}
+
+
+def _restore(model: ir.Model, before: dict[tuple[int, str], tuple]) -> None:
+    """Put back every annotation a failed merge may have half-written."""
+    for shape, type_, value in before.values():
+        if value.type != type_:
+            value.type = type_
+        if value.shape != shape:
+            value.shape = shape

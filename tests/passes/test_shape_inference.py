@@ -1,0 +1,153 @@
+"""Tests for passes/shape_inference.py."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx_ir as ir
+import pytest
+
+import passes.shape_inference
+from passes.shape_inference import InferShapesPass
+from tests import util
+
+HEADER = '<ir_version: 10, opset_import: ["" : 21]>'
+
+
+def shapes(graph) -> dict[str, tuple]:
+    return {v.name: (None if v.shape is None else tuple(v.shape), v.dtype)
+            for node in graph for v in node.outputs}
+
+
+def test_infers_shapes_and_is_idempotent():
+    model = util.parse(HEADER + """
+        g (float[N,3] x) => (y) <float[3,4] w = {1,2,3,4,5,6,7,8,9,10,11,12}> {
+            a = Relu(x)
+            b = MatMul(a, w)
+            y = Transpose <perm = [1, 0]> (b)
+        }""")
+    nodes = list(model.graph)
+    result = InferShapesPass()(model)
+    assert result.modified and result.counters["shapes_inferred"] == 3
+    got = shapes(model.graph)
+    assert got["b"][0][1] == 4 and got["y"][0][0] == 4 and got["y"][1] == ir.DataType.FLOAT
+    assert list(model.graph) == nodes and [v.name for v in model.graph.outputs] == ["y"]
+    again = InferShapesPass()(model)
+    assert not again.modified and again.counters["shapes_inferred"] == 0
+
+
+def test_custom_op_stops_inference_without_failing():
+    model = util.parse("""<ir_version: 10, opset_import: ["" : 21, "custom" : 1]>
+        g (float[N,3] x) => (y) {
+            a = Relu(x)
+            b = custom.Foo(a)
+            c = Relu(b)
+            d = Add(a, a)
+            y = Add(c, d)
+        }""")
+    result = InferShapesPass()(model)
+    got = shapes(model.graph)
+    assert result.modified
+    assert got["a"][1] == ir.DataType.FLOAT and got["d"][0] is not None
+    assert got["b"] == (None, None)
+
+
+def test_failure_warns_and_leaves_model_unchanged(caplog):
+    model = util.parse(HEADER + """
+        g (float[N,3] x) => (y) {
+            a = Relu(x)
+            s = Constant <value = int64[2] {3, -1}> ()
+            b = Reshape(a, s)
+            c = MatMul(a, b)
+            y = Add(c, s)
+        }""")
+    before = shapes(model.graph)
+    with caplog.at_level(logging.WARNING):
+        result = InferShapesPass()(model)
+    assert not result.modified and result.counters["shapes_inferred"] == 0
+    assert shapes(model.graph) == before
+    assert any("Shape inference failed" in r.getMessage() or "shape inference failed" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_error_half_way_through_the_merge_is_undone(monkeypatch, caplog):
+    merge = passes.shape_inference._merge
+
+    def merge_then_fail(model, inferred):
+        merge(model, inferred)
+        raise RuntimeError("merge exploded")
+
+    monkeypatch.setattr(passes.shape_inference, "_merge", merge_then_fail)
+    model = util.parse(HEADER + "g (float[2] x) => (y) { a = Relu(x)\n y = Neg(a) }")
+    with caplog.at_level(logging.WARNING):
+        result = InferShapesPass()(model)
+    assert not result.modified
+    assert "merge exploded" in caplog.text
+    assert shapes(model.graph) == {"a": (None, None), "y": (None, None)}
+
+
+def test_sequence_types_are_kept_whole():
+    # onnx-ir's ShapeInferencePass turns these into tensor(float) and ORT rejects the model.
+    model = util.parse(HEADER + """
+        g (float[2] x) => (seq(float[2]) s) {
+            e = SequenceEmpty <dtype = 1> ()
+            s = SequenceInsert(e, x)
+        }""")
+    before = util.copy(model)
+    InferShapesPass()(model)
+    e = model.graph.node(0).outputs[0]
+    assert isinstance(e.type, ir.SequenceType) and e.dtype == ir.DataType.FLOAT
+    x = np.ones(2, np.float32)
+    assert [a.tolist() for a in util.run(model, {"x": x})[0]] == [[1, 1]]
+    assert len(util.run(before, {"x": x})[0]) == 1
+
+
+def test_infers_inside_if_branches():
+    model = util.parse(HEADER + """
+        g (bool cond, float[2,3] x) => (float[2,3] y) {
+            y = If(cond) <
+                then_branch = tb () => (float[2,3] r) { r = Relu(x) },
+                else_branch = eb () => (float[2,3] t) { t1 = Neg(x)
+                                                       t = Abs(t1) }>
+        }""")
+    result = InferShapesPass()(model)
+    assert result.modified
+    else_graph = model.graph.node(0).attributes["else_branch"].as_graph()
+    assert tuple(else_graph.node(0).outputs[0].shape) == (2, 3)
+
+
+def test_model_over_2gb_is_inferred_without_reading_weights(tmp_path):
+    n = 600_000_000  # float32: 2.4 GB, a sparse file on disk
+    data = tmp_path / "w.data"
+    with open(data, "wb") as f:
+        f.truncate(n * 4)
+    model = util.parse(HEADER + """
+        g (float[1] x) => (y) {
+            a = Mul(w, x)
+            y = ReduceSum <keepdims = 0> (a)
+        }""")
+    tensor = ir.ExternalTensor("w.data", 0, n * 4, ir.DataType.FLOAT, shape=ir.Shape([n]), name="w",
+                               base_dir=str(tmp_path))
+    w = ir.Value(name="w", const_value=tensor, shape=ir.Shape([n]), type=ir.TensorType(ir.DataType.FLOAT))
+    model.graph.register_initializer(w)
+    model.graph.node(0).replace_input_with(0, w)
+    result = InferShapesPass()(model)
+    assert result.modified
+    assert tuple(model.graph.node(0).outputs[0].shape) == (n,)
+    assert model.graph.initializers["w"].const_value is tensor
+    assert list(model.graph.inputs) == [model.graph.inputs[0]] and len(model.graph.inputs) == 1
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.int64])
+def test_dtypes_are_inferred(dtype):
+    model = util.parse(HEADER + """
+        g (%s[4] x) => (y) { a = Neg(x)
+                              y = Unsqueeze(a, axes) }
+        """ % ("float16" if dtype == np.float16 else "int64"))
+    axes = ir.Value(name="axes", const_value=ir.tensor(np.array([0], np.int64)))
+    model.graph.register_initializer(axes)
+    model.graph.node(1).replace_input_with(1, axes)
+    InferShapesPass()(model)
+    y = model.graph.node(1).outputs[0]
+    assert tuple(y.shape) == (1, 4) and y.dtype == ir.DataType.from_numpy(np.dtype(dtype))
