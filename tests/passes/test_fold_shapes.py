@@ -1,0 +1,203 @@
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+
+from passes.dead_code import EliminateDeadCodePass
+from passes.fold_shapes import FoldShapesPass
+from passes.input_shapes import SetInputShapesPass
+from tests.util import assert_equivalent, copy, ops, parse, to_proto
+
+# The TorchScript exporter's `x.view(x.size(0), x.size(1), 4, -1)` on x: [batch, seq, 32].
+TS_VIEW = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[batch,seq,32] x) => (float[batch,4,seq,8] y) {
+    s0 = Shape(x)
+    i0 = Constant <value = int64 {0}> ()
+    b = Gather <axis = 0> (s0, i0)
+    s1 = Shape(x)
+    i1 = Constant <value = int64 {1}> ()
+    n = Gather <axis = 0> (s1, i1)
+    s2 = Shape(x)
+    i2 = Constant <value = int64 {2}> ()
+    h = Gather <axis = 0> (s2, i2)
+    four = Constant <value = int64 {4}> ()
+    hd = Div(h, four)
+    ax = Constant <value = int64[1] {0}> ()
+    ub = Unsqueeze(b, ax)
+    un = Unsqueeze(n, ax)
+    uf = Unsqueeze(four, ax)
+    uh = Unsqueeze(hd, ax)
+    shape = Concat <axis = 0> (ub, un, uf, uh)
+    r = Reshape(x, shape)
+    y = Transpose <perm = [0, 2, 1, 3]> (r)
+}
+"""
+
+
+def _fold(model):
+    before = copy(model)
+    result = FoldShapesPass()(model)
+    EliminateDeadCodePass()(model)
+    return before, result
+
+
+def _feeds(batch, seq):
+    return {"x": np.random.default_rng(0).standard_normal((batch, seq, 32)).astype(np.float32)}
+
+
+def test_torchscript_view_keeps_batch_and_sequence_symbolic():
+    model = parse(TS_VIEW)
+    before, result = _fold(model)
+    assert result.modified and result.counters == {"reshape_shapes_folded": 1}
+    assert ops(model) == ["Reshape", "Transpose"]
+    shape = model.graph.node(0).inputs[1].const_value.numpy().tolist()
+    assert shape == [0, 0, 4, 8]  # copies of the symbolic dims, never numbers
+    assert [d.value for d in model.graph.inputs[0].shape[:2]] == ["batch", "seq"]
+    for batch, seq in [(1, 5), (3, 2)]:
+        assert_equivalent(before, model, _feeds(batch, seq))
+
+
+def test_static_dims_fold_to_numbers():
+    model = parse(TS_VIEW.replace("float[batch,seq,32] x", "float[2,5,32] x"))
+    before, result = _fold(model)
+    assert ops(model) == ["Reshape", "Transpose"]
+    assert model.graph.node(0).inputs[1].const_value.numpy().tolist() == [2, 5, 4, 8]
+    assert result.counters == {"reshape_shapes_folded": 1}
+    assert_equivalent(before, model, _feeds(2, 5))
+
+
+def test_fixed_by_user_then_everything_folds():
+    model = parse(TS_VIEW)
+    before = copy(model)
+    SetInputShapesPass({"x": [3, 7, 32]})(model)
+    FoldShapesPass()(model)
+    EliminateDeadCodePass()(model)
+    assert ops(model) == ["Reshape", "Transpose"]
+    assert model.graph.node(0).inputs[1].const_value.numpy().tolist() == [3, 7, 4, 8]
+    assert_equivalent(before, model, _feeds(3, 7))
+
+
+def test_merged_dims_become_minus_one():
+    model = parse("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[batch,seq,4,8] x) => (float[?,32] y) {
+            s = Shape(x)
+            st = Constant <value = int64[1] {0}> ()
+            en = Constant <value = int64[1] {2}> ()
+            bs = Slice(s, st, en)
+            p = ReduceProd <keepdims = 1> (bs)
+            c = Constant <value = int64[1] {32}> ()
+            shape = Concat <axis = 0> (p, c)
+            y = Reshape(x, shape)
+        }
+    """)
+    before, result = _fold(model)
+    assert model.graph.node(0).op_type == "Reshape"
+    assert model.graph.node(0).inputs[1].const_value.numpy().tolist() == [-1, 32]
+    assert_equivalent(before, model, {"x": np.ones((3, 2, 4, 8), np.float32)})
+
+
+def test_size_and_expand():
+    model = parse("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[batch,3] x) => (float[batch,3] y, int64 n) {
+            s = Shape(x)
+            e = Expand(x, s)
+            y = Relu(e)
+            w = Size(y)
+            n = Identity(w)
+        }
+    """)
+    before, result = _fold(model)
+    assert result.counters == {"expands_removed": 1}
+    assert "Expand" not in ops(model) and "Size" in ops(model)  # Size of a dynamic tensor stays
+    assert_equivalent(before, model, {"x": np.ones((4, 3), np.float32)})
+
+
+@pytest.mark.parametrize("text", [
+    # a dynamic dim feeding something other than a Reshape is left as it is
+    """<ir_version: 8, opset_import: ["" : 17]>
+       g (float[batch,3] x) => (float[batch,3] y) {
+           s = Shape(x)
+           z = ConstantOfShape(s)
+           y = Add(x, z)
+       }""",
+    # two symbolic dims that are not x's own at those positions
+    """<ir_version: 8, opset_import: ["" : 17]>
+       g (float[a,b] x, float[b,a] t) => (float[b,a] y) {
+           s = Shape(t)
+           y = Reshape(x, s)
+       }""",
+    # the shape goes through a custom op: opaque
+    """<ir_version: 8, opset_import: ["" : 17, "custom" : 1]>
+       g (float[n,3] x) => (float[3,n] y) {
+           s = Shape(x)
+           r = custom.Reverse(s)
+           y = Reshape(x, r)
+       }""",
+    # no shape arithmetic at all
+    """<ir_version: 8, opset_import: ["" : 17]>
+       g (float[2,3] x) => (float[2,3] y) { y = Relu(x) }""",
+])
+def test_leave_it_alone(text):
+    model = parse(text)
+    before = copy(model)
+    result = FoldShapesPass()(model)
+    assert not result.modified and not result.counters
+    assert ops(model) == ops(before)
+    if "custom" not in text:
+        assert_equivalent(before, model, {v.name: np.ones([3 if not isinstance(d, int) else d for d in v.shape],
+                                                             np.float32) for v in model.graph.inputs}
+                          if "a,b" not in text else {"x": np.ones((2, 3), np.float32),
+                                                     "t": np.ones((3, 2), np.float32)})
+
+
+def test_stale_static_annotation_does_not_freeze_a_dynamic_dim():
+    model = parse("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[batch,3] x) => (float[batch,3] y) {
+            t = Relu(x)
+            s = Shape(t)
+            y = Reshape(t, s)
+        }
+    """)
+    model.graph.node(0).outputs[0].shape = ir.Shape([1, 3])  # traced annotation from batch 1
+    before, result = _fold(model)
+    shape = model.graph.node(1).inputs[1]
+    assert shape.const_value is None or shape.const_value.numpy().tolist()[0] == 0
+    assert_equivalent(before, model, {"x": np.ones((4, 3), np.float32)})
+
+
+def test_subgraph_reshape_reads_outer_shape():
+    model = parse("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[batch,6] x, bool c) => (float[batch,2,3] y) {
+            s = Shape(x)
+            i = Constant <value = int64[1] {0}> ()
+            j = Constant <value = int64[1] {1}> ()
+            b = Slice(s, i, j)
+            rest = Constant <value = int64[2] {2, 3}> ()
+            shape = Concat <axis = 0> (b, rest)
+            y = If(c) <
+                then_branch = th () => (float[batch,2,3] ty) { ty = Reshape(x, shape) },
+                else_branch = el () => (float[batch,2,3] ey) { n = Neg(x) ey = Reshape(n, shape) }
+            >
+        }
+    """)
+    before, result = _fold(model)
+    assert result.counters == {"reshape_shapes_folded": 2}
+    body = model.graph.node(-1).attributes["then_branch"].as_graph()
+    assert body.node(0).inputs[1].const_value.numpy().tolist() == [0, 2, 3]
+    onnx.checker.check_model(to_proto(model), full_check=True)
+    for c in (True, False):
+        assert_equivalent(before, model, {"x": np.ones((5, 6), np.float32), "c": np.array(c)})
+
+
+def test_graph_output_shape_keeps_its_producer():
+    model = parse("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[2,3] x) => (int64[2] s) { s = Shape(x) }
+    """)
+    before, result = _fold(model)
+    assert ops(model) == ["Shape"] and not result.modified

@@ -1,0 +1,373 @@
+"""graphopt against its peers on real exports: nodes, size, latency, session start, tool cost, agreement.
+
+    /work/venv/bin/python tools/bench_exports.py [--zoo build/zoo] [--only torch_ts/bert,keras]
+        [--tools graphopt,onnxsim,onnxslim,onnxoptimizer,ort_extended] [--rounds 15] [--json out.json]
+
+For every `<zoo>/<framework>/<net>.onnx` (with `<net>.npz`: its inputs and the framework's
+outputs as `expected_<name>`), each tool writes an optimized copy (in its own subprocess:
+wall time and peak RSS are the tool's own, imports included). Then, in this one process:
+
+- nodes (all graphs) and file size (with external data);
+- `dyn`: every input dim the original leaves symbolic is still symbolic, and the model runs
+  at another batch (and sequence) size;
+- agreement: max |difference| to the original's ORT outputs on the .npz inputs, and the
+  pass/fail verdict at rtol 1e-3 / atol 1e-4 x max(1, |output|);
+- latency: ORT CPU (default graph optimizations, 2 intra-op threads, spinning off), all
+  variants' sessions open at once, timed round-robin (interleaved, rotating order), median
+  per variant over rounds, as a ratio to the original. `copy` is the original file copied:
+  its distance from 1.00 is the noise floor of this run;
+- session creation: median time to open each file, interleaved, as a ratio to the original.
+
+`graphopt` runs at its default level with verification on (what a user gets); its verdict
+is the `ver` column. `ort_extended` is ORT's offline optimizer at EXTENDED level
+(`SessionOptions.optimized_model_filepath`); its output holds com.microsoft ops and runs
+only in ONNX Runtime. A tool that fails is reported with its error and skipped.
+
+Numbers are ratios measured side by side in one process; absolute times on a shared
+machine are not comparable between runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TOOLS = ["graphopt", "onnxsim", "onnxslim", "onnxoptimizer", "ort_extended"]
+RTOL, ATOL = 1e-3, 1e-4
+
+
+# ---------------------------------------------------------------- tool runners (child process)
+
+def _run_tool(tool: str, src: str, dst: str) -> dict:
+    info: dict = {}
+    start = time.perf_counter()
+    if tool == "copy":
+        shutil.copyfile(src, dst)
+    elif tool == "graphopt":
+        sys.path.insert(0, str(ROOT))
+        import graphopt
+
+        result = graphopt.optimize(src)
+        result.save(dst)
+        v = result.report.verification
+        info["verified"] = None if v is None else v.status
+        info["verify_reason"] = "" if v is None else v.reason
+    elif tool == "onnxsim":
+        import onnx
+        import onnxsim
+
+        model, ok = onnxsim.simplify(src)
+        info["verified"] = "passed" if ok else "failed"
+        onnx.save(model, dst)
+    elif tool == "onnxslim":
+        import onnxslim
+
+        onnxslim.slim(src, dst)
+    elif tool == "onnxoptimizer":
+        import onnx
+        import onnxoptimizer
+
+        onnx.save(onnxoptimizer.optimize(onnx.load(src)), dst)
+    elif tool == "ort_extended":
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        so.optimized_model_filepath = dst
+        so.log_severity_level = 3
+        ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+    else:
+        raise SystemExit(f"unknown tool {tool}")
+    info["wall_s"] = time.perf_counter() - start
+    info["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return info
+
+
+def run_tool(tool: str, src: pathlib.Path, dst: pathlib.Path, timeout: float) -> dict:
+    cmd = [sys.executable, __file__, "--_tool", tool, str(src), str(dst)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
+    if proc.returncode != 0 or not dst.exists():
+        lines = [ln for ln in (proc.stderr or proc.stdout).splitlines() if ln.strip()]
+        return {"error": (lines[-1] if lines else f"exit {proc.returncode}")[:200]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------- measurements (this process)
+
+def model_facts(path: pathlib.Path) -> dict:
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+
+    def count(g) -> int:
+        n = 0
+        for node in g.node:
+            n += 1
+            for a in node.attribute:
+                if a.type == onnx.AttributeProto.GRAPH:
+                    n += count(a.g)
+                elif a.type == onnx.AttributeProto.GRAPHS:
+                    n += sum(count(s) for s in a.graphs)
+        return n
+
+    inits = {i.name for i in m.graph.initializer}
+    inputs = {i.name: [d.dim_param or (d.dim_value if d.HasField("dim_value") else "?")
+                       for d in i.type.tensor_type.shape.dim]
+              for i in m.graph.input if i.name not in inits}
+    size = path.stat().st_size
+    for t in m.graph.initializer:
+        for kv in t.external_data:
+            if kv.key == "location":
+                size += (path.parent / kv.value).stat().st_size
+                break
+    custom = sorted({n.domain for n in m.graph.node if n.domain not in ("", "ai.onnx")})
+    return {"nodes": count(m.graph), "bytes": size, "inputs": inputs, "custom_domains": custom}
+
+
+def _session(path, threads: int = 2, level=None):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    if level is not None:
+        so.graph_optimization_level = level
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def _feeds(session, data: dict) -> dict:
+    return {i.name: data[i.name] for i in session.get_inputs()}
+
+
+def _smaller(data: dict, inputs: dict) -> dict:
+    """The same inputs at batch 1 (and half the sequence), along the dims the original leaves symbolic."""
+    out = {}
+    for name, arr in data.items():
+        if name not in inputs:
+            continue
+        dims = inputs[name]
+        index = tuple(slice(0, max(1, arr.shape[i] // 2 if i > 0 else 1)) if not isinstance(d, int) else slice(None)
+                      for i, d in enumerate(dims))
+        out[name] = arr[index]
+    return out
+
+
+def agreement(ref: list, got: list) -> tuple[bool, float]:
+    ok, worst = True, 0.0
+    for r, g in zip(ref, got):
+        r, g = np.asarray(r, np.float64), np.asarray(g, np.float64)
+        if r.shape != g.shape:
+            return False, float("inf")
+        diff = np.abs(r - g)
+        worst = max(worst, float(diff.max(initial=0)))
+        tol = ATOL * max(1.0, float(np.abs(r).max(initial=0))) + RTOL * np.abs(r)
+        ok &= bool(np.all(diff <= tol))
+    return ok, worst
+
+
+def dynamic_kept(orig_inputs: dict, new_inputs: dict) -> bool:
+    for name, dims in orig_inputs.items():
+        new = new_inputs.get(name)
+        if new is None or len(new) != len(dims):
+            return False
+        if any(not isinstance(d, int) and isinstance(n, int) for d, n in zip(dims, new)):
+            return False
+    return True
+
+
+def time_latency(sessions: dict, feeds: dict, rounds: int, per_round: int) -> dict:
+    names = list(sessions)
+    for name in names:  # warm-up
+        for _ in range(2):
+            sessions[name].run(None, feeds[name])
+    samples = {name: [] for name in names}
+    for r in range(rounds):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for name in order:
+            start = time.perf_counter()
+            for _ in range(per_round):
+                sessions[name].run(None, feeds[name])
+            samples[name].append((time.perf_counter() - start) / per_round)
+    return {name: statistics.median(s) for name, s in samples.items()}
+
+
+def time_session_creation(paths: dict, rounds: int) -> dict:
+    samples = {name: [] for name in paths}
+    names = list(paths)
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            start = time.perf_counter()
+            s = _session(paths[name])
+            samples[name].append(time.perf_counter() - start)
+            del s
+    return {name: statistics.median(s) for name, s in samples.items()}
+
+
+def bench_one(model: pathlib.Path, tools: list[str], workdir: pathlib.Path, args) -> dict:
+    data = dict(np.load(model.with_suffix(".npz")))
+    orig = model_facts(model)
+    inputs_data = {k: v for k, v in data.items() if not k.startswith("expected_")}
+    variants = {"original": {"path": model}, "copy": {"path": workdir / "copy.onnx"}}
+    variants["copy"].update(run_tool("copy", model, variants["copy"]["path"], args.timeout))
+    for tool in tools:
+        dst = workdir / f"{tool}.onnx"
+        print(f"  {tool} ...", file=sys.stderr, flush=True)
+        variants[tool] = {"path": dst, **run_tool(tool, model, dst, args.timeout)}
+    ref_session = _session(model)
+    ref = ref_session.run(None, _feeds(ref_session, inputs_data))
+    small = _smaller(inputs_data, orig["inputs"])
+    ref_small = ref_session.run(None, _feeds(ref_session, small))
+    del ref_session
+    sessions, feeds = {}, {}
+    for name, v in variants.items():
+        if "error" in v:
+            continue
+        v.update(model_facts(v["path"]))
+        v["dynamic"] = dynamic_kept(orig["inputs"], v["inputs"])
+        try:
+            s = _session(v["path"])
+            got = s.run(None, _feeds(s, inputs_data))
+            v["agrees"], v["max_diff"] = agreement(ref, got)
+            try:
+                ok_small, _ = agreement(ref_small, s.run(None, _feeds(s, small)))
+            except Exception:  # noqa: BLE001 - a frozen dim makes ORT reject the other size
+                ok_small = False
+            v["dynamic"] = v["dynamic"] and ok_small
+            sessions[name], feeds[name] = s, _feeds(s, inputs_data)
+        except Exception as e:  # noqa: BLE001 - a peer's broken output is a result, not a crash
+            v["error"] = f"ORT: {str(e).splitlines()[0][:160]}"
+    lat = time_latency(sessions, feeds, args.rounds, args.per_round)
+    sessions.clear()
+    created = time_session_creation({n: variants[n]["path"] for n in lat}, args.session_rounds)
+    for name in lat:
+        variants[name]["latency_ratio"] = lat[name] / lat["original"]
+        variants[name]["latency_ms"] = lat[name] * 1e3
+        variants[name]["session_ratio"] = created[name] / created["original"]
+    for v in variants.values():
+        v["path"] = str(v["path"])
+        v.pop("inputs", None)
+    return variants
+
+
+# ---------------------------------------------------------------- report
+
+def _fmt(v: dict, key: str, fmt: str) -> str:
+    return format(v[key], fmt) if key in v and v[key] is not None else "-"
+
+
+def render(name: str, variants: dict) -> str:
+    lines = [f"### {name}", "",
+             "| tool | nodes | MB | latency | session | tool s | tool MB | agree (max diff) | dyn | ver |",
+             "|---|---:|---:|---:|---:|---:|---:|---|---|---|"]
+    for tool, v in variants.items():
+        if "error" in v and "latency_ratio" not in v:
+            lines.append(f"| {tool} | error: {v['error']} |||||||||")
+            continue
+        agree = f"{'yes' if v.get('agrees') else 'NO'} ({v.get('max_diff', 0):.1e})"
+        lines.append(f"| {tool} | {v['nodes']} | {v['bytes'] / 2**20:.1f} | {_fmt(v, 'latency_ratio', '.2f')} | "
+                     f"{_fmt(v, 'session_ratio', '.2f')} | {_fmt(v, 'wall_s', '.1f')} | "
+                     f"{_fmt(v, 'peak_rss_mb', '.0f')} | {agree} | {'yes' if v.get('dynamic') else 'NO'} | "
+                     f"{v.get('verified') or '-'} |")
+    return "\n".join(lines)
+
+
+def verdict(variants: dict) -> dict:
+    """The issue's targets for one export."""
+    g = variants.get("graphopt", {})
+    if "latency_ratio" not in g:
+        return {"ok": False, "why": [f"graphopt failed: {g.get('error', 'no result')}"]}
+    noise = max(abs(variants["copy"].get("latency_ratio", 1.0) - 1.0), 0.02)
+    peers = {t: v for t, v in variants.items() if t not in ("original", "copy", "graphopt") and "latency_ratio" in v
+             and v.get("agrees")}
+    why = []
+    if peers:
+        best = min(peers, key=lambda t: peers[t]["latency_ratio"])
+        if g["latency_ratio"] > peers[best]["latency_ratio"] + noise:
+            why.append(f"slower than {best} ({g['latency_ratio']:.2f} vs {peers[best]['latency_ratio']:.2f}, "
+                       f"noise {noise:.2f})")
+        fewest = min(v["nodes"] for v in peers.values())
+        if g["nodes"] > fewest:
+            why.append(f"{g['nodes']} nodes, a peer has {fewest}")
+    if g["latency_ratio"] > 1.0 + noise:
+        why.append(f"slower than the original ({g['latency_ratio']:.2f}, noise {noise:.2f})")
+    if not g.get("dynamic"):
+        why.append("a dynamic dim was frozen")
+    if not g.get("agrees") or g.get("verified") != "passed":
+        why.append(f"verification: {g.get('verified')} {g.get('verify_reason', '')}".strip())
+    return {"ok": not why, "why": why, "noise": noise}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--zoo", type=pathlib.Path, default=ROOT / "build" / "zoo")
+    ap.add_argument("--only", default="", help="comma-separated framework or framework/net filters")
+    ap.add_argument("--skip", default="", help="comma-separated framework/net to leave out (e.g. *_train)")
+    ap.add_argument("--tools", default=",".join(TOOLS))
+    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--per-round", type=int, default=3)
+    ap.add_argument("--session-rounds", type=int, default=5)
+    ap.add_argument("--timeout", type=float, default=900)
+    ap.add_argument("--json", type=pathlib.Path, help="also write every figure as JSON")
+    ap.add_argument("--markdown", type=pathlib.Path, help="also write the tables as Markdown")
+    ap.add_argument("--_tool", nargs=3, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args._tool:
+        tool, src, dst = args._tool
+        print(json.dumps(_run_tool(tool, src, dst)))
+        return
+    filters = [f for f in args.only.split(",") if f]
+    skips = [f for f in args.skip.split(",") if f]
+    models = sorted(args.zoo.glob("*/*.onnx"))
+    import fnmatch
+
+    def wanted(p: pathlib.Path) -> bool:
+        key = f"{p.parent.name}/{p.stem}"
+        if any(fnmatch.fnmatch(key, s) for s in skips):
+            return False
+        return not filters or any(key == f or p.parent.name == f or fnmatch.fnmatch(key, f) for f in filters)
+
+    models = [m for m in models if wanted(m) and m.with_suffix(".npz").exists()]
+    if not models:
+        raise SystemExit(f"no exports with .npz under {args.zoo}")
+    tools = [t for t in args.tools.split(",") if t]
+    results, out = {}, []
+    for model in models:
+        key = f"{model.parent.name}/{model.stem}"
+        print(f"{key}", file=sys.stderr, flush=True)
+        with tempfile.TemporaryDirectory(prefix="bench-exports-") as tmp:
+            variants = bench_one(model, tools, pathlib.Path(tmp), args)
+        results[key] = {"variants": variants, "verdict": verdict(variants)}
+        text = render(key, variants)
+        v = results[key]["verdict"]
+        text += "\n\n" + ("targets met" if v["ok"] else "targets NOT met: " + "; ".join(v["why"])) + "\n"
+        print(text, flush=True)
+        out.append(text)
+    met = sum(r["verdict"]["ok"] for r in results.values())
+    summary = f"**{met}/{len(results)} exports meet every target.**"
+    print(summary)
+    if args.markdown:
+        args.markdown.write_text("\n".join(out) + "\n" + summary + "\n")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()
