@@ -18,7 +18,8 @@ Refused:
    side effects. This includes calls to model-local functions.
 6. Nodes with graph attributes (If, Loop, Scan): bodies are not compared. Nodes in
    different graphs are never merged with each other.
-7. Nodes with no outputs, and an `Identity` whose merge would only add another `Identity`.
+7. Nodes with no outputs, an `Identity` whose merge would only add another `Identity`, and
+   a merge that needs an `Identity` in a function that does not import the ONNX domain.
 
 Why not `onnx_ir.passes.common.CommonSubexpressionEliminationPass`: it merges Bernoulli,
 training Dropout and custom-domain ops, compares -0.0 equal to 0.0, and covers the main
@@ -119,6 +120,8 @@ def _merge(graph: ir.Graph, dup: ir.Node, keep: ir.Node, counters: collections.C
 
 def _cse_graph(graph: ir.Graph | ir.Function, counters: collections.Counter) -> None:
     seen: dict[tuple, ir.Node] = {}
+    # a function needs its own import of the ONNX domain; bodies share the model's
+    can_add_identity = not isinstance(graph, ir.Function) or "" in graph.opset_imports
     for node in list(graph):
         try:
             key = _node_key(node)
@@ -131,8 +134,9 @@ def _cse_graph(graph: ir.Graph | ir.Function, counters: collections.Counter) -> 
         if keep is None:
             seen[key] = node
             continue
-        if node.op_type == "Identity" and any(_needs_identity(o, n) for o, n in zip(node.outputs, keep.outputs)):
-            continue
+        if any(_needs_identity(o, n) for o, n in zip(node.outputs, keep.outputs)) and (
+                node.op_type == "Identity" or not can_add_identity):
+            continue  # merging would only trade it for an Identity, or there is no opset for one
         if not _same_tensors(node, keep):
             continue
         logger.debug("merging %s (%s) into %s", node.name, node.op_type, keep.name)

@@ -165,3 +165,20 @@ def test_function_body():
     assert [n.op_type for n in model.functions[("local", "f", "")]] == ["Relu", "Add"]
     assert_equivalent(before, model)
     onnx.checker.check_model(to_proto(model), full_check=True)
+
+
+@pytest.mark.parametrize("opsets, merged", [('"" : 17, "ai.onnx.ml" : 3', True), ('"ai.onnx.ml" : 3', False)])
+def test_function_outputs_identity_needs_onnx_domain(opsets, merged):
+    model = parse(f"""
+        <ir_version: 8, opset_import: ["" : 17, "ai.onnx.ml" : 3, "local" : 1]>
+        g (float[2,3] x) => (float[2,3] y, float[2,3] z) {{ y, z = local.f(x) }}
+        <domain: "local", opset_import: [{opsets}]>
+        f (a) => (b, c) {{ b = ai.onnx.ml.Normalizer<norm="L1">(a)  c = ai.onnx.ml.Normalizer<norm="L1">(a) }}
+    """)
+    before = copy(model)
+    result = EliminateCommonSubexpressionsPass()(model)
+    assert result.modified is merged
+    function = model.functions[("local", "f", "")]
+    assert [n.op_type for n in function] == (["Normalizer", "Identity"] if merged else ["Normalizer"] * 2)
+    assert [v.name for v in function.outputs] == ["b", "c"]
+    assert_equivalent(before, model)
