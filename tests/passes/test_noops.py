@@ -1,3 +1,5 @@
+import itertools
+
 import numpy as np
 import onnx
 import onnx_ir as ir
@@ -310,3 +312,14 @@ def test_function_body():
     assert function.outputs[0].name == "b"
     assert_equivalent(before, model)
     onnx.checker.check_model(to_proto(model), full_check=True)
+
+
+@pytest.mark.parametrize("p1", list(itertools.permutations(range(3))))
+@pytest.mark.parametrize("p2", list(itertools.permutations(range(3))))
+def test_every_transpose_pair_of_rank_3(p1, p2):
+    dims = [[2, 3, 4][p1[i]] for i in p2]
+    body = f"a = Transpose<perm={list(p1)}>(x)  b = Transpose<perm={list(p2)}>(a)  y = Relu(b)"
+    model = _model(body, outputs=f"float[{','.join(map(str, dims))}] y")
+    result = _apply(model)
+    assert result.modified is True
+    assert ops(model).count("Transpose") == (0 if [p1[i] for i in p2] == [0, 1, 2] else 1)
