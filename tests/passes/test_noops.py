@@ -323,3 +323,23 @@ def test_every_transpose_pair_of_rank_3(p1, p2):
     result = _apply(model)
     assert result.modified is True
     assert ops(model).count("Transpose") == (0 if [p1[i] for i in p2] == [0, 1, 2] else 1)
+
+
+def _reshaped(dims, target):
+    """numpy's reshape after ONNX's 0 (copy the input dim, allowzero=0)."""
+    target = [dims[i] if t == 0 else t for i, t in enumerate(target)]
+    return list(np.empty(dims).reshape(target).shape)
+
+
+@pytest.mark.parametrize("s1", [[6, 4], [24], [4, -1], [2, 3, 2, 2]])
+@pytest.mark.parametrize("s2", [[2, 3, 4], [3, 8], [-1], [0, -1], [2, -1, 4]])
+def test_reshape_pairs(s1, s2):
+    mid = _reshaped([2, 3, 4], s1)
+    out = _reshaped(mid, s2)
+    inits = f"int64[{len(s1)}] s1 = {{{', '.join(map(str, s1))}}}, int64[{len(s2)}] s2 = {{{', '.join(map(str, s2))}}}"
+    model = _model("a = Reshape(x, s1)  b = Reshape(a, s2)  y = Relu(b)", inits=inits,
+                   outputs=f"float[{','.join(map(str, out))}] y")
+    result = _apply(model)
+    merged = 0 not in s2
+    assert result.counters.get("reshapes_merged", 0) == int(merged)
+    assert ops(model).count("Reshape") == (2 - merged - int(merged and out == [2, 3, 4]))
