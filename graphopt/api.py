@@ -68,6 +68,8 @@ def optimize(
     shapes: dict[str, list[int]] | None = None,
     inputs: str | os.PathLike | dict[str, np.ndarray] | None = None,
     verify: bool = True,
+    inference: bool = False,
+    target_opset: int | None = None,
     rtol: float = RTOL,
     atol: float = ATOL,
     fold_limit_mb: float = 1.0,
@@ -81,14 +83,18 @@ def optimize(
     With `verify`, the result is run against the original in ONNX Runtime; the verdict
     is in `result.report.verification` (the caller decides whether a failure is fatal).
     """
-    from passes import DEFAULT_LEVEL, REGISTRY, level_names  # the one place the engine meets the passes
+    from passes import DEFAULT_LEVEL, OPTION_PASSES, REGISTRY, level_names  # the one place the engine meets the passes
 
     start = time.perf_counter()
     level = DEFAULT_LEVEL if level is None and not passes else level
     specs = select(REGISTRY, level_names(level) if level is not None else [], passes, skip)
     options = PassOptions(outputs=list(outputs) if outputs else None,
                           fold_limit_bytes=int(fold_limit_mb * (1 << 20)),
-                          shapes=dict(shapes or {}), keep_initializer_inputs=keep_initializer_inputs)
+                          shapes=dict(shapes or {}), keep_initializer_inputs=keep_initializer_inputs,
+                          inference=inference, target_opset=target_opset)
+    # --target-opset and --shape act whatever the level: their passes go first, in that order.
+    specs = [REGISTRY[n] for n, wanted in OPTION_PASSES.items()
+             if wanted(options) and n not in skip and n not in {s.name for s in specs}] + specs
     working = io.load(model)
     protect = _protected_paths(model, working)
     file_before = _source_bytes(model, working)
@@ -99,6 +105,11 @@ def optimize(
 
     file_after = None
     verification: VerifyResult | None = None
+    baseline = model
+    if inference and verify:
+        # --inference changes outputs on purpose: compare with the original converted the same way.
+        baseline = io.load(model)
+        REGISTRY["training_leftovers"].factory(PassOptions(inference=True))(baseline)
     with tempfile.TemporaryDirectory(prefix="graphopt-") as tmp:
         staged = pathlib.Path(tmp) / "optimized.onnx"
         written = io.save(working, staged)
@@ -106,11 +117,12 @@ def optimize(
         if verify:
             if progress:
                 progress("verify")
-            verification = verify_models(model, staged, shapes=shapes, data=data, rtol=rtol, atol=atol,
+            verification = verify_models(baseline, staged, shapes=shapes, data=data, rtol=rtol, atol=atol,
                                          outputs=list(outputs) if outputs else None)
     warnings = []
     if verification is not None and verification.status == "skipped":
         warnings.append(f"not verified: {verification.reason}")
+    warnings += _training_warnings(result.stats, inference)
     report = Report(
         source=str(model) if isinstance(model, (str, os.PathLike)) else type(model).__name__,
         level=level, passes=result.stats, iterations=result.iterations,
@@ -118,6 +130,21 @@ def optimize(
         verification=verification, seconds=time.perf_counter() - start, warnings=warnings,
     )
     return OptimizeResult(working, report, protect)
+
+
+def _training_warnings(stats, inference: bool) -> list[str]:
+    counters = next((s.counters for s in stats if s.name == "training_leftovers"), {})
+    found = {k: counters.get(k, 0) for k in ("batchnorm_training", "dropout_training")}
+    if not any(found.values()):
+        return []
+    what = f"{found['batchnorm_training']} BatchNormalization(training_mode=1), {found['dropout_training']} training Dropout"
+    if not inference:
+        return [f"exported in training mode: {what}; outputs are batch-dependent or random. Re-export in eval "
+                "mode or use --inference"]
+    kept = counters.get("batchnorm_training_kept", 0)
+    note = f" ({kept} BatchNormalization kept: their batch statistics are used)" if kept else ""
+    return [f"--inference converted {what} to inference form{note}; verified against the original converted "
+            "the same way"]
 
 
 def inspect(model) -> dict:

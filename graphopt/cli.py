@@ -53,7 +53,8 @@ def optimize(
     passes: Optional[str] = typer.Option(None, "--passes", help="Comma-separated pass list replacing the level's."),
     skip: Optional[str] = typer.Option(None, "--skip", help="Comma-separated passes to leave out."),
     outputs: Optional[str] = typer.Option(None, "--outputs", help="Keep only these graph outputs (comma-separated)."),
-    shape: Optional[list[str]] = typer.Option(None, "--shape", help="Input shape NAME=1x3x224x224 (repeatable)."),
+    shape: Optional[list[str]] = typer.Option(
+        None, "--shape", help="Fix input dims in the model, NAME=1x3x224x224 (repeatable); also the verification shape."),
     inputs: Optional[pathlib.Path] = typer.Option(None, "--inputs", help=".npz with one array per graph input."),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Compare outputs with the original in ORT."),
     force: bool = typer.Option(False, "--force", help="Write the output even if verification fails."),
@@ -62,6 +63,12 @@ def optimize(
     fold_limit: float = typer.Option(1.0, "--fold-limit", help="Largest constant folding may create, in MB."),
     keep_initializer_inputs: bool = typer.Option(False, "--keep-initializer-inputs",
                                                  help="Keep weights that are listed as graph inputs overridable."),
+    inference: bool = typer.Option(False, "--inference",
+                                   help="Convert training-mode Dropout/BatchNormalization to inference form "
+                                        "(changes outputs; verified against the original converted alike)."),
+    target_opset: Optional[int] = typer.Option(None, "--target-opset",
+                                               help="Convert to this default-domain opset first (onnx version "
+                                                    "converter); fails naming the ops that block it."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
     report_file: Optional[pathlib.Path] = typer.Option(None, "--report", help="Also write the report (.json or .md)."),
 ) -> None:
@@ -74,7 +81,8 @@ def optimize(
         raise UsageError(f"{out_path}: output would overwrite the input; choose another path with -o")
     result = run_optimize(model, level=level, passes=_csv(passes), skip=_csv(skip) or (), outputs=_csv(outputs),
                           shapes=_shapes(shape), inputs=inputs, verify=verify, rtol=rtol, atol=atol,
-                          fold_limit_mb=fold_limit, keep_initializer_inputs=keep_initializer_inputs)
+                          fold_limit_mb=fold_limit, keep_initializer_inputs=keep_initializer_inputs,
+                          inference=inference, target_opset=target_opset)
     report = result.report
     failed = report.verification is not None and report.verification.status == "failed"
     if failed and not force:

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 
 import onnx_ir as ir
 
-from graphopt.errors import UsageError
+from graphopt.errors import GraphoptError, UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +47,8 @@ class PassOptions:
     fold_limit_bytes: int = 1 << 20  # largest constant that folding may create
     shapes: dict[str, list[int]] = dataclasses.field(default_factory=dict)
     keep_initializer_inputs: bool = False
+    inference: bool = False  # convert training-mode Dropout/BatchNormalization (changes outputs)
+    target_opset: int | None = None  # default-domain opset to convert to first
     extra: dict[str, object] = dataclasses.field(default_factory=dict)  # options of later passes
 
 
@@ -134,8 +136,8 @@ class Pipeline:
         start = time.perf_counter()
         try:
             result = pass_(model)
-        except ir.passes.InvariantError:
-            raise
+        except (ir.passes.InvariantError, GraphoptError):
+            raise  # a user's error (bad --shape, blocked --target-opset) keeps its one-line message
         except Exception as e:
             raise ir.passes.PassError(f"pass {spec.name!r} failed: {e}") from e
         stat.seconds += time.perf_counter() - start

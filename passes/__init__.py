@@ -6,7 +6,7 @@ when its pass is built, so `graphopt passes` and the CLI start fast.
 
 from __future__ import annotations
 
-__all__ = ["REGISTRY", "LEVELS", "DEFAULT_LEVEL", "level_names"]
+__all__ = ["REGISTRY", "LEVELS", "DEFAULT_LEVEL", "OPTION_PASSES", "level_names"]
 
 import importlib
 
@@ -53,6 +53,25 @@ _SPECS = [
              rewrites=False),
 ]
 
+# Exporter clean-ups (issue 7).
+_SPECS += [
+    PassSpec("training_leftovers", _lazy("training_leftovers", "TrainingLeftoversPass", inference=lambda o: o.inference),
+             "Report Dropout in training mode and BatchNormalization(training_mode=1); with --inference, "
+             "convert them to inference form (outputs change)."),
+    PassSpec("lift_constants", _lazy("lift_constants", "LiftConstantsPass"),
+             "Turn Constant nodes (Paddle and TorchScript weights) into initializers, in bodies too."),
+    PassSpec("fold_shapes", _lazy("fold_shapes", "FoldShapesPass"),
+             "Fold Shape/Size arithmetic of static dims; give Reshape constant shapes (0 copies a symbolic "
+             "dim, -1 infers one): symbolic dims stay symbolic."),
+    PassSpec("set_input_shapes", _lazy("input_shapes", "SetInputShapesPass", shapes=lambda o: o.shapes),
+             "Fix the input dims given with --shape in the model (runs first whenever --shape is given)."),
+    PassSpec("upgrade_opset", _lazy("upgrade_opset", "UpgradeOpsetPass", target=lambda o: o.target_opset),
+             "Convert to the default-domain opset given with --target-opset (onnx version converter); "
+             "names the ops that block it."),
+]
+# Passes the API puts in front of any level when their option is given (not in any level).
+OPTION_PASSES = {"upgrade_opset": lambda o: o.target_opset is not None, "set_input_shapes": lambda o: bool(o.shapes)}
+
 REGISTRY: dict[str, PassSpec] = {spec.name: spec for spec in _SPECS}
 
 _CLEANUP = ["drop_initializer_inputs", "keep_outputs", "eliminate_noops", "fold_constants",
@@ -65,6 +84,24 @@ LEVELS: dict[int, list[str]] = {
     2: _CLEANUP[:4] + _FUSION + _CLEANUP[4:],
 }
 DEFAULT_LEVEL = 2
+
+# Where the exporter clean-ups sit in every non-empty level (by name, so the lists above stay
+# readable): training leftovers are reported first; constants are lifted once weights are no
+# longer inputs; shape arithmetic folds after constant folding.
+_PLACE = [("training_leftovers", "before", "drop_initializer_inputs"),
+          ("lift_constants", "after", "drop_initializer_inputs"),
+          ("fold_shapes", "after", "fold_constants")]
+
+
+def _placed(names: list[str]) -> list[str]:
+    names = list(names)
+    for new, where, anchor in _PLACE:
+        if names and anchor in names and new not in names:
+            names.insert(names.index(anchor) + (where == "after"), new)
+    return names
+
+
+LEVELS = {level: _placed(names) for level, names in LEVELS.items()}
 
 
 def level_names(level: int) -> list[str]:
