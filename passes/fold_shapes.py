@@ -52,18 +52,26 @@ _MAX_ELEMENTS = 1024
 class FoldShapesPass(ir.passes.InPlacePass):
     """Fold static shape arithmetic; make Reshape shapes constant with 0/-1 where dims are symbolic."""
 
+    def __init__(self):
+        super().__init__()
+        self._unchanged_signature = None  # the graph as this pass last left it unchanged
+
     def call(self, model: ir.Model) -> CountedPassResult:
         counters: collections.Counter = collections.Counter()
+        signature = _signature(model)
+        if signature == self._unchanged_signature:
+            return CountedPassResult(model, False, {})  # same nodes, same wiring: nothing new to fold
         for _ in range(_MAX_ROUNDS):
             if not self._round(model, counters):
                 break
+        self._unchanged_signature = None if counters else signature
         total = sum(counters.values())
         if total:
             logger.info("fold_shapes: %s", dict(counters))
         return CountedPassResult(model, bool(total), dict(counters))
 
     def _round(self, model: ir.Model, counters: collections.Counter) -> bool:
-        if not any(n.op_type in _TRIGGERS and is_default_domain(n) for n in model.graph.all_nodes()):
+        if not any(_is_trigger(n) for n in model.graph.all_nodes()):
             return False
         dims = infer_dims(model)
         opset = opset_version(model)
@@ -165,7 +173,17 @@ class FoldShapesPass(ir.passes.InPlacePass):
         return True
 
 
-_TRIGGERS = {"Shape", "Size", "Reshape", "Expand"}
+def _is_trigger(node: ir.Node) -> bool:
+    """Shape arithmetic worth running shape inference for."""
+    if not is_default_domain(node):
+        return False
+    if node.op_type in ("Shape", "Size", "Expand"):
+        return True
+    return node.op_type == "Reshape" and len(node.inputs) > 1 and constant_array(node.inputs[1]) is None
+
+
+def _signature(model: ir.Model) -> tuple:
+    return tuple((id(n), tuple(id(v) for v in n.inputs)) for n in ir.traversal.RecursiveGraphIterator(model.graph))
 
 
 def _sweep_shape_nodes(nodes: list[ir.Node], env) -> None:
