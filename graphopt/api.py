@@ -74,6 +74,11 @@ def optimize(
     atol: float = ATOL,
     fold_limit_mb: float = 1.0,
     keep_initializer_inputs: bool = False,
+    provider: str = "cpu",
+    threads: int | None = None,
+    measure: bool = True,
+    bench: bool = False,
+    bench_runs: int = 30,
     progress: Callable[[str], None] | None = None,
 ) -> OptimizeResult:
     """Optimize a model (path, onnx.ModelProto or ir.Model); the source is never modified.
@@ -82,8 +87,15 @@ def optimize(
     `passes` replaces it with an explicit list and `skip` removes names from either.
     With `verify`, the result is run against the original in ONNX Runtime; the verdict
     is in `result.report.verification` (the caller decides whether a failure is fatal).
+    `provider`/`threads` are the ORT target that measuring passes (level 3's fuse_parallel)
+    time candidates on, `measure=False` gives them a cost model instead; with `bench`, the
+    original and optimized models are timed side by side on that target and the ratios go
+    to `result.report.sections["bench"]`.
     """
     from passes import DEFAULT_LEVEL, OPTION_PASSES, REGISTRY, level_names  # the one place the engine meets the passes
+    from graphopt.bench import resolve_provider
+
+    resolve_provider(provider)  # an unknown or uninstalled provider fails before any work
 
     start = time.perf_counter()
     level = DEFAULT_LEVEL if level is None and not passes else level
@@ -95,6 +107,7 @@ def optimize(
     # --target-opset and --shape act whatever the level: their passes go first, in that order.
     specs = [REGISTRY[n] for n, wanted in OPTION_PASSES.items()
              if wanted(options) and n not in skip and n not in {s.name for s in specs}] + specs
+    options.extra.update(provider=provider, threads=threads, measure=measure)
     working = io.load(model)
     protect = _protected_paths(model, working)
     file_before = _source_bytes(model, working)
@@ -123,13 +136,57 @@ def optimize(
     if verification is not None and verification.status == "skipped":
         warnings.append(f"not verified: {verification.reason}")
     warnings += _training_warnings(result.stats, inference)
+    bench_section = None
+    if bench:  # the final model (after any lossy stage) against the original, on the target provider
+        if progress:
+            progress("bench")
+        bench_section = _bench_section(model, working, provider, threads, shapes, data, bench_runs)
     report = Report(
         source=str(model) if isinstance(model, (str, os.PathLike)) else type(model).__name__,
         level=level, passes=result.stats, iterations=result.iterations,
         before=before, after=after, file_bytes_before=file_before, file_bytes_after=file_after,
         verification=verification, seconds=time.perf_counter() - start, warnings=warnings,
     )
+    if options.extra.get("fuse_parallel"):  # every horizontal-fusion candidate, its gain and verdict
+        report.sections["fuse_parallel"] = {
+            c["candidate"]: {k: v for k, v in c.items() if k not in ("candidate", "kind", "input") and v is not None}
+            for c in options.extra["fuse_parallel"]}
+    if bench_section is not None:
+        report.sections["bench"] = bench_section
     return OptimizeResult(working, report, protect)
+
+
+def _bench_section(original, optimized: ir.Model, provider: str, threads: int | None, shapes, data,
+                   runs: int) -> dict:
+    """Original vs optimized, interleaved in one process: ratios (optimized / original) and figures."""
+    from graphopt.bench import bench, describe_cpu
+
+    result = bench([original, optimized], provider=provider, threads=threads, shapes=shapes, inputs=data,
+                    runs=runs, warmup=3, init_repeats=2, names=["original", "optimized"])
+    base, opt = result.models
+
+    def pair(get, digits=4):
+        values = {m.name: get(m) for m in (base, opt)}
+        return {k: (round(v, digits) if isinstance(v, float) else v) for k, v in values.items()}
+
+    def where(m):
+        return "; ".join(f"{p} {sum(ops.values())} nodes" for p, ops in m.placement.items())
+
+    section = {
+        "provider": ", ".join(result.providers), "threads": threads or "ORT default", "runs": runs,
+        "cpu": describe_cpu(result.environment), "inputs": result.inputs,
+        "latency_ratio": round(opt.ratios["latency_p50"], 4),
+        "latency_ratio_iqr": [round(x, 4) for x in opt.ratios["paired_iqr"]],
+        "latency_p50_ms": pair(lambda m: m.latency_ms["p50"]),
+        "memory_ratio": None if opt.ratios["peak_memory"] is None else round(opt.ratios["peak_memory"], 4),
+        "peak_rss_bytes": pair(lambda m: m.memory.get("peak_bytes")),
+        "session_create_ratio": round(opt.ratios["session_create"], 4),
+        "session_create_ms": pair(lambda m: m.session_create_ms, 2),
+        "placement": pair(where),
+    }
+    if result.warnings:
+        section["notes"] = result.warnings
+    return section
 
 
 def _training_warnings(stats, inference: bool) -> list[str]:

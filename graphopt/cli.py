@@ -49,7 +49,8 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks and
 def optimize(
     model: pathlib.Path = typer.Argument(..., help="Input .onnx file (never overwritten)."),
     output: Optional[pathlib.Path] = typer.Option(None, "-o", "--output", help="Output path [default: IN.opt.onnx]."),
-    level: Optional[int] = typer.Option(None, "--level", "-O", help="0 none, 1 clean-up, 2 + vertical fusion [2]."),
+    level: Optional[int] = typer.Option(None, "--level", "-O",
+                                        help="0 none, 1 clean-up, 2 + vertical fusion [2], 3 + measured horizontal fusion."),
     passes: Optional[str] = typer.Option(None, "--passes", help="Comma-separated pass list replacing the level's."),
     skip: Optional[str] = typer.Option(None, "--skip", help="Comma-separated passes to leave out."),
     outputs: Optional[str] = typer.Option(None, "--outputs", help="Keep only these graph outputs (comma-separated)."),
@@ -69,6 +70,12 @@ def optimize(
     target_opset: Optional[int] = typer.Option(None, "--target-opset",
                                                help="Convert to this default-domain opset first (onnx version "
                                                     "converter); fails naming the ops that block it."),
+    provider: str = typer.Option("cpu", "--provider",
+                                 help="ORT execution provider to measure on: cpu|cuda|tensorrt|openvino|dml|coreml."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="ORT intra-op threads when measuring [ORT default]."),
+    measure: bool = typer.Option(True, "--measure/--no-measure",
+                                 help="Level 3: time each fusion candidate in ORT, or use the cost model."),
+    bench: bool = typer.Option(False, "--bench", help="Time original vs optimized in ORT; ratios go to the report."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
     report_file: Optional[pathlib.Path] = typer.Option(None, "--report", help="Also write the report (.json or .md)."),
 ) -> None:
@@ -82,7 +89,8 @@ def optimize(
     result = run_optimize(model, level=level, passes=_csv(passes), skip=_csv(skip) or (), outputs=_csv(outputs),
                           shapes=_shapes(shape), inputs=inputs, verify=verify, rtol=rtol, atol=atol,
                           fold_limit_mb=fold_limit, keep_initializer_inputs=keep_initializer_inputs,
-                          inference=inference, target_opset=target_opset)
+                          inference=inference, target_opset=target_opset,
+                          provider=provider, threads=threads, measure=measure, bench=bench)
     report = result.report
     failed = report.verification is not None and report.verification.status == "failed"
     if failed and not force:
@@ -145,6 +153,102 @@ def verify(
         _render_verification(_out, result)
     if result.status == "failed":
         raise typer.Exit(1)
+
+
+@app.command("bench")
+def bench_command(
+    models: list[pathlib.Path] = typer.Argument(..., help="One or more .onnx files; ratios are to the first."),
+    provider: str = typer.Option("cpu", "--provider", help="cpu|cuda|tensorrt|openvino|dml|coreml (or an ORT name)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="ORT intra-op threads [ORT default]."),
+    batch: Optional[int] = typer.Option(None, "--batch", help="Batch size for inputs with a dynamic first dim."),
+    shape: Optional[list[str]] = typer.Option(None, "--shape", help="Input shape NAME=1x3x224x224 (repeatable)."),
+    inputs: Optional[pathlib.Path] = typer.Option(None, "--inputs",
+                                                  help=".npz inputs [default: MODEL.npz beside the first model]."),
+    runs: int = typer.Option(50, "--runs", min=1, help="Timed runs per model, interleaved."),
+    warmup: int = typer.Option(5, "--warmup", min=0, help="Untimed runs per model first."),
+    memory: bool = typer.Option(True, "--memory/--no-memory", help="Measure peak RSS (one subprocess per model)."),
+    spin: bool = typer.Option(False, "--spin", help="Let ORT's thread pool spin (its default; unfair when interleaving)."),
+    ort_level: str = typer.Option("all", "--ort-level", help="ORT graph optimization: disable|basic|extended|all."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
+    report_file: Optional[pathlib.Path] = typer.Option(None, "--report", help="Also write FILE.html, .md or .json."),
+) -> None:
+    """Latency, throughput, session start-up and memory of MODELs in ONNX Runtime, run interleaved."""
+    from graphopt.bench import bench, render
+    from graphopt.compare import write_bench_report
+
+    with _progress("bench", enabled=not json_out) as progress:
+        result = bench(models, provider=provider, threads=threads, batch=batch, shapes=_shapes(shape), inputs=inputs,
+                       runs=runs, warmup=warmup, memory=memory, spin=spin, ort_level=ort_level, progress=progress)
+    if json_out:
+        print(result.to_json())
+    else:
+        render(result, _out)
+    if report_file:
+        for path in write_bench_report(result, report_file):
+            _err.print(f"wrote {path}", highlight=False)
+
+
+@app.command("compare")
+def compare_command(
+    models: list[pathlib.Path] = typer.Argument(..., help="Two or more exports of one network."),
+    level: Optional[int] = typer.Option(2, "--level", "-O", help="Optimization level for the 'after' figures."),
+    optimize: bool = typer.Option(True, "--optimize/--no-optimize", help="Also compare after graphopt optimize."),
+    provider: str = typer.Option("cpu", "--provider", help="cpu|cuda|tensorrt|openvino|dml|coreml."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="ORT intra-op threads [ORT default]."),
+    shape: Optional[list[str]] = typer.Option(None, "--shape", help="Input shape NAME=1x3x224x224 (repeatable)."),
+    inputs: Optional[pathlib.Path] = typer.Option(None, "--inputs",
+                                                  help=".npz inputs of the first model [default: its MODEL.npz]."),
+    runs: int = typer.Option(30, "--runs", min=1, help="Timed runs per model, interleaved."),
+    measure: bool = typer.Option(True, "--measure/--no-measure", help="Level 3: measure fusion candidates."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
+    report_file: Optional[pathlib.Path] = typer.Option(None, "--report", help="Also write FILE.html, .md or .json."),
+) -> None:
+    """Compare exports of one network: ops, params, FLOPs, leftovers, outputs, latency; before and after optimize."""
+    from graphopt.compare import compare, plots_available, render, write_report
+
+    with _progress("compare", enabled=not json_out) as progress:
+        result = compare(models, level=level, optimize=optimize, provider=provider, threads=threads,
+                         shapes=_shapes(shape), inputs=inputs, runs=runs, measure=measure, progress=progress)
+    if json_out:
+        print(result.to_json())
+    else:
+        render(result, _out)
+    if report_file:
+        for path in write_report(result, report_file):
+            _err.print(f"wrote {path}", highlight=False)
+        if report_file.suffix.lower() != ".json" and not plots_available():
+            _err.print("[yellow]note:[/yellow] report written without plots: matplotlib is not installed "
+                       "(pip install 'graphopt[report]')", highlight=False)
+
+
+class _progress:
+    """A transient rich progress bar on stderr while a long command runs (only on a terminal)."""
+
+    def __init__(self, label: str, enabled: bool = True):
+        self.label = label
+        self.enabled = enabled and _err.is_terminal
+        self._bar = None
+        self._tasks: dict[str, int] = {}
+
+    def __enter__(self):
+        if not self.enabled:
+            return None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                             TimeElapsedColumn(), console=_err, transient=True)
+        self._bar.__enter__()
+        return self.update
+
+    def update(self, stage: str, done: int, total: int) -> None:
+        if stage not in self._tasks:
+            self._tasks[stage] = self._bar.add_task(f"{self.label}: {stage}", total=total)
+        self._bar.update(self._tasks[stage], completed=done, total=total)
+
+    def __exit__(self, *exc):
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
+        return False
 
 
 @app.command("passes")

@@ -51,6 +51,12 @@ _SPECS = [
     PassSpec("infer_shapes", _lazy("shape_inference", "InferShapesPass"),
              "Annotate values with onnx shape inference so later passes and ORT see shapes.",
              rewrites=False),
+    PassSpec("fuse_parallel",
+             _lazy("fuse_parallel", "FuseParallelPass", provider=lambda o: o.extra.get("provider", "cpu"),
+                   threads=lambda o: o.extra.get("threads"), measure=lambda o: o.extra.get("measure", True),
+                   shapes=lambda o: o.shapes, log=lambda o: o.extra.setdefault("fuse_parallel", [])),
+             "Merge parallel Conv/Gemm/MatMul reading one tensor (concatenated weights + Split) where "
+             "timing both forms in ORT on the target provider shows it pays (a cost model with --no-measure)."),
 ]
 
 # Exporter clean-ups (issue 7).
@@ -82,6 +88,7 @@ LEVELS: dict[int, list[str]] = {
     0: [],
     1: _CLEANUP,
     2: _CLEANUP[:4] + _FUSION + _CLEANUP[4:],
+    3: _CLEANUP[:4] + _FUSION + _CLEANUP[4:] + ["fuse_parallel"],  # level 2 + measured horizontal fusion
 }
 DEFAULT_LEVEL = 2
 

@@ -1,0 +1,703 @@
+"""Latency, throughput, memory and session start-up of ONNX models in ONNX Runtime.
+
+What is measured, and how:
+
+1. **Session creation** (load + ORT graph optimization + kernel set-up), timed in this
+   process, `init_repeats` times per model, interleaved across models; the median counts.
+2. **First run**: the first `run()` of each created session (allocations, lazy kernel
+   set-up); median over the same repeats.
+3. **Latency**: after `warmup` runs, `runs` timed runs per model, *interleaved* (round r
+   runs every model once, in an order rotated by r) in one process on the same inputs, so
+   background load hits every model alike. p50/p90/p99/mean/min come from these runs
+   (p99 of fewer than 100 runs is close to the maximum), throughput is batch / mean.
+4. **Ratios** to the first model: p50 ratio = p50_i / p50_0, and the spread of the paired
+   per-round ratios t_i/t_0 (their 25th-75th percentile), which shows how far noise goes.
+5. **Memory**, in a fresh subprocess per model (one at a time, after the timing): the
+   kernel's peak-RSS mark (Linux `VmHWM`, reset through `/proc/self/clear_refs` just before
+   session creation; elsewhere `ru_maxrss`) minus the RSS before creation, over session
+   creation plus `memory_runs` runs; i.e. weights, ORT's arenas and activations, not the
+   Python interpreter. ORT's own arena peak (from its profiler) is reported beside it.
+6. **Placement**: one profiled run per model (a separate session, never timed) records the
+   execution provider of every node ORT ran; `session.get_providers()` lists what the
+   session registered. With a non-CPU provider, nodes it cannot take fall back to CPU, and
+   the report says how many.
+
+ORT runs with its own graph optimizations on (`ORT_ENABLE_ALL`) unless told otherwise:
+graphopt's claims are measured against what ORT already does when it loads a model.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "PROVIDERS",
+    "ProviderError",
+    "BenchResult",
+    "ModelBench",
+    "bench",
+    "resolve_provider",
+    "session_options",
+    "time_interleaved",
+    "cpu_info",
+    "render",
+    "to_markdown",
+]
+
+import collections
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import pathlib
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnxruntime as ort
+
+from graphopt.errors import GraphoptError, InputError, UsageError
+
+logger = logging.getLogger(__name__)
+
+# short name -> (ORT provider, what to install to get it)
+PROVIDERS: dict[str, tuple[str, str]] = {
+    "cpu": ("CPUExecutionProvider", "onnxruntime"),
+    "cuda": ("CUDAExecutionProvider", "onnxruntime-gpu"),
+    "tensorrt": ("TensorrtExecutionProvider", "onnxruntime-gpu (and the TensorRT libraries)"),
+    "openvino": ("OpenVINOExecutionProvider", "onnxruntime-openvino"),
+    "dml": ("DmlExecutionProvider", "onnxruntime-directml"),
+    "coreml": ("CoreMLExecutionProvider", "onnxruntime (the macOS wheel)"),
+}
+_ORT_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+MEMORY_METHOD = ("fresh subprocess per model: peak RSS (VmHWM reset before session creation) "
+                 "minus RSS before creation, over creation + runs")
+
+
+class ProviderError(GraphoptError):
+    """An execution provider that is unknown or not installed in this onnxruntime."""
+
+
+def resolve_provider(name: str | None) -> list[str]:
+    """`cuda` (or `CUDAExecutionProvider`) -> the ORT provider list to create sessions with.
+
+    A provider other than CPU is followed by CPU, which takes the nodes it cannot run (ORT's
+    normal partitioning; the placement report shows where nodes ended up). A provider that is
+    not in `onnxruntime.get_available_providers()` is an error naming the package to install,
+    never a silent fall-back to CPU.
+    """
+    name = (name or "cpu").strip()
+    by_ort_name = {ort_name.lower(): short for short, (ort_name, _) in PROVIDERS.items()}
+    short = name.lower() if name.lower() in PROVIDERS else by_ort_name.get(name.lower())
+    available = ort.get_available_providers()
+    if short is None:
+        if name in available:  # an ORT provider we have no short name for
+            return [name] + (["CPUExecutionProvider"] if name != "CPUExecutionProvider" else [])
+        raise ProviderError(f"unknown execution provider {name!r}; choose one of {', '.join(PROVIDERS)} "
+                            f"(this onnxruntime has: {', '.join(available)})")
+    ort_name, package = PROVIDERS[short]
+    if ort_name not in available:
+        raise ProviderError(
+            f"execution provider {short!r} ({ort_name}) is not available in this onnxruntime {ort.__version__} "
+            f"(it has: {', '.join(available)}); install {package} in place of onnxruntime "
+            f"(pip uninstall onnxruntime && pip install {package.split(' ')[0]})")
+    return [ort_name] + (["CPUExecutionProvider"] if ort_name != "CPUExecutionProvider" else [])
+
+
+def session_options(threads: int | None = None, ort_level: str = "all",
+                    profile_prefix: str | None = None, spin: bool = False) -> ort.SessionOptions:
+    """ORT session options for measuring. Thread-pool spinning is off unless `spin`: with several
+    sessions in one process (interleaving), or other processes on the cores, workers that spin
+    after a run steal the cores the next run needs (measured here: 2-3x slower medians)."""
+    if ort_level not in _ORT_LEVELS:
+        raise UsageError(f"ORT optimization level {ort_level!r}: choose one of {', '.join(_ORT_LEVELS)}")
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = _ORT_LEVELS[ort_level]
+    if threads:
+        options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    if profile_prefix:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
+    return options
+
+
+def create_session(source: str | bytes, providers: list[str], options: ort.SessionOptions) -> ort.InferenceSession:
+    try:
+        return ort.InferenceSession(source, options, providers=providers)
+    except Exception as e:  # noqa: BLE001 - ORT raises several unrelated types for a model it rejects
+        where = source if isinstance(source, str) else "<model>"
+        raise InputError(f"{where}: ONNX Runtime cannot create a session ({_line(e)})") from e
+
+
+def time_interleaved(runners: Sequence[Callable[[], object]], runs: int, warmup: int = 2,
+                     progress: Callable[[int], None] | None = None) -> list[list[float]]:
+    """Seconds per run of each runner; round r runs them all once, in an order rotated by r."""
+    n = len(runners)
+    for _ in range(warmup):
+        for run in runners:
+            run()
+    times: list[list[float]] = [[] for _ in range(n)]
+    clock = time.perf_counter
+    for r in range(runs):
+        for k in range(n):
+            i = (r + k) % n
+            start = clock()
+            runners[i]()
+            times[i].append(clock() - start)
+        if progress:
+            progress(r + 1)
+    return times
+
+
+# ----------------------------------------------------------------------------- results
+
+
+@dataclasses.dataclass
+class ModelBench:
+    name: str
+    path: str
+    file_bytes: int
+    nodes: int
+    session_create_ms: float
+    first_run_ms: float
+    latency_ms: dict[str, float]  # p50, p90, p99, mean, min, stdev
+    throughput: float  # items (batch) per second
+    batch: int
+    providers: list[str]  # what the session registered
+    placement: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)  # provider -> op -> nodes
+    memory: dict[str, float | str | None] = dataclasses.field(default_factory=dict)
+    ratios: dict[str, float | list[float] | None] = dataclasses.field(default_factory=dict)
+    samples_ms: list[float] = dataclasses.field(default_factory=list, repr=False)
+
+    def to_dict(self, samples: bool = False) -> dict:
+        d = dataclasses.asdict(self)
+        if not samples:
+            d.pop("samples_ms")
+        return d
+
+
+@dataclasses.dataclass
+class BenchResult:
+    models: list[ModelBench]
+    provider: str
+    providers: list[str]
+    threads: int | None
+    ort_level: str
+    runs: int
+    warmup: int
+    inputs: dict[str, list[int]]
+    environment: dict
+    warnings: list[str] = dataclasses.field(default_factory=list)
+    memory_method: str = MEMORY_METHOD
+    spin: bool = False
+
+    def to_dict(self, samples: bool = False) -> dict:
+        return {
+            "provider": self.provider, "providers": self.providers, "threads": self.threads,
+            "ort_level": self.ort_level, "spin": self.spin, "runs": self.runs, "warmup": self.warmup, "inputs": self.inputs,
+            "environment": self.environment, "memory_method": self.memory_method,
+            "models": [m.to_dict(samples) for m in self.models], "warnings": self.warnings,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, default=str)
+
+
+# ----------------------------------------------------------------------------- environment
+
+
+def cpu_info() -> dict:
+    """CPU model, logical cores usable by this process, and the SIMD features ORT's kernels use."""
+    model, flags = platform.processor() or platform.machine(), set()
+    with contextlib.suppress(OSError):
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key == "model name" and model in ("", platform.machine(), platform.processor()):
+                model = value.strip()
+            elif key == "flags" and not flags:
+                flags = set(value.split())
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    features = {
+        "avx2": "avx2" in flags,
+        "avx512f": "avx512f" in flags,
+        "avx512_vnni": "avx512_vnni" in flags,
+        "avx_vnni": "avx_vnni" in flags,
+        "amx_int8": "amx_int8" in flags,
+    } if flags else {}
+    return {"cpu": model, "cores": cores, "features": features}
+
+
+def environment() -> dict:
+    return {**cpu_info(), "onnxruntime": ort.__version__, "python": platform.python_version(),
+            "platform": platform.platform(terse=True)}
+
+
+def describe_cpu(env: dict) -> str:
+    feats = env.get("features") or {}
+    if not feats:
+        return f"CPU: {env['cpu']} ({env['cores']} cores; SIMD flags unknown: no /proc/cpuinfo)"
+    yes = lambda k: "yes" if feats.get(k) else "no"  # noqa: E731
+    return (f"CPU: {env['cpu']} ({env['cores']} cores) AVX2 {yes('avx2')}, AVX512F {yes('avx512f')}, "
+            f"AVX512-VNNI {yes('avx512_vnni')}, AVX-VNNI {yes('avx_vnni')}")
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def _stage(model, workdir: pathlib.Path, index: int) -> tuple[str, str, int, int]:
+    """(name, path ORT loads, bytes on disk, node count) for a path, ModelProto or ir.Model."""
+    from graphopt import io
+
+    if isinstance(model, (str, os.PathLike)):
+        path = pathlib.Path(model)
+        loaded = io.load(path)  # one-line errors for missing/broken files; lazy weights
+        files = {path.resolve(), *io.external_data_paths(loaded)}
+        return str(path), str(path), sum(f.stat().st_size for f in files), len(list(loaded.graph.all_nodes()))
+    if isinstance(model, onnx.ModelProto):
+        model = ir.serde.deserialize_model(model)
+    if not isinstance(model, ir.Model):
+        raise UsageError(f"cannot benchmark {type(model).__name__}: give a path, onnx.ModelProto or ir.Model")
+    path = workdir / f"model{index}.onnx"
+    written = io.save(model, path)
+    name = model.graph.name or f"model{index}"
+    return name, str(path), sum(p.stat().st_size for p in written), len(list(model.graph.all_nodes()))
+
+
+def display_names(paths: Sequence[str]) -> list[str]:
+    """Short labels: file stems, or parent/stem where stems collide (zoo/torch_ts/bert vs .../tf/bert)."""
+    stems = [pathlib.Path(p).stem for p in paths]
+    out = []
+    for p, stem in zip(paths, stems):
+        path = pathlib.Path(p)
+        out.append(f"{path.parent.name}/{stem}" if stems.count(stem) > 1 and path.parent.name else stem)
+    return [f"{n}#{i}" if out.count(n) > 1 else n for i, n in enumerate(out)]
+
+
+def sample_data_for(path: str | os.PathLike) -> pathlib.Path | None:
+    """`net.npz` beside `net.onnx`, the export zoo's convention for sample inputs."""
+    candidate = pathlib.Path(path).with_suffix(".npz")
+    return candidate if candidate.exists() else None
+
+
+def _feeds(session: ort.InferenceSession, shapes: dict[str, list[int]], batch: int | None,
+           data: dict[str, np.ndarray] | None, warnings: list[str], where: str) -> dict[str, np.ndarray]:
+    from graphopt.verify import make_inputs
+
+    shapes = dict(shapes)
+    for arg in session.get_inputs():
+        dims = list(arg.shape or [])
+        if batch and arg.name not in shapes and data is None and dims:
+            if isinstance(dims[0], int) and dims[0] > 0 and dims[0] != batch:
+                raise UsageError(f"{where}: input {arg.name!r} has a fixed batch of {dims[0]}; --batch {batch} "
+                                 "needs a model with a dynamic first dimension")
+            shapes[arg.name] = [batch] + [d if isinstance(d, int) and d > 0 else 1 for d in dims[1:]]
+        dynamic = [str(d) for d in dims[1:] if not (isinstance(d, int) and d > 0)]  # dim 0: batch, 1 by default
+        if dynamic and arg.name not in shapes and data is None:
+            warnings.append(f"{where}: input {arg.name!r} has dynamic dims {dynamic} set to 1; "
+                            f"give --shape {arg.name}=... or --inputs for realistic timings")
+    if data is not None and batch:
+        data = {k: _resize_batch(v, batch) for k, v in data.items()}
+    return make_inputs(session, shapes, data)
+
+
+def _resize_batch(array: np.ndarray, batch: int) -> np.ndarray:
+    if array.ndim == 0 or array.shape[0] == batch:
+        return array
+    reps = -(-batch // array.shape[0])
+    return np.concatenate([array] * reps, axis=0)[:batch]
+
+
+def _signature(session: ort.InferenceSession) -> tuple:
+    return tuple((a.name, a.type) for a in session.get_inputs())
+
+
+# ----------------------------------------------------------------------------- placement
+
+
+def _placement(path: str, providers: list[str], threads: int | None, ort_level: str,
+               feeds: dict[str, np.ndarray], workdir: pathlib.Path, spin: bool = False) -> tuple[dict[str, dict[str, int]], float | None]:
+    """Provider -> op -> node count from one profiled run, and ORT's arena peak in bytes."""
+    prefix = str(workdir / "profile")
+    session = create_session(path, providers, session_options(threads, ort_level, profile_prefix=prefix, spin=spin))
+    session.run(None, feeds)
+    profile = pathlib.Path(session.end_profiling())
+    try:
+        events = json.loads(profile.read_text())
+    finally:
+        profile.unlink(missing_ok=True)
+    seen: dict[str, tuple[str, str]] = {}
+    arena_peak = None
+    for event in events:
+        args = event.get("args") or {}
+        if event.get("cat") != "Node" or "provider" not in args:
+            continue
+        seen[event.get("name", "").removesuffix("_kernel_time")] = (args["provider"], args.get("op_name", "?"))
+        with contextlib.suppress(KeyError, ValueError):
+            arena_peak = max(arena_peak or 0, int(args["mem_in_use_peak"]))
+    placement: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    for provider, op in seen.values():
+        placement[provider][op] += 1
+    return {p: dict(c.most_common()) for p, c in placement.items()}, arena_peak
+
+
+# ----------------------------------------------------------------------------- memory (subprocess)
+
+
+# Runs in a fresh interpreter that imports only onnxruntime and numpy (importing graphopt would
+# cost seconds and memory of its own): RSS growth of one session over creation and a few runs.
+_MEMORY_CHILD = r"""
+import json, pathlib, sys
+import numpy as np
+import onnxruntime as ort
+
+def rss_kb():
+    try:
+        status = pathlib.Path("/proc/self/status").read_text()
+    except OSError:
+        import resource
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return None, peak // 1024 if sys.platform == "darwin" else peak
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    kb = lambda k: int(fields[k].split()[0]) if k in fields else None
+    return kb("VmRSS"), kb("VmHWM")
+
+spec = json.loads(sys.argv[1])
+with np.load(spec["feeds"], allow_pickle=False) as data:
+    feeds = {k: data[k] for k in data.files}
+options = ort.SessionOptions()
+options.log_severity_level = 3
+options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, spec["ort_level"])
+if spec["threads"]:
+    options.intra_op_num_threads = spec["threads"]
+options.inter_op_num_threads = 1
+if not spec["spin"]:
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+before, _ = rss_kb()
+reset = False
+try:
+    pathlib.Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+    reset = True
+except OSError:
+    pass
+session = ort.InferenceSession(spec["path"], options, providers=spec["providers"])
+after_create, _ = rss_kb()
+for _ in range(spec["runs"]):
+    session.run(None, feeds)
+after_runs, peak = rss_kb()
+if before is None:
+    out = {"peak_bytes": peak * 1024, "after_create_bytes": None, "method": "ru_maxrss (whole process)"}
+else:
+    out = {"peak_bytes": max(0, peak - before) * 1024 if reset else max(0, after_runs - before) * 1024,
+           "after_create_bytes": max(0, after_create - before) * 1024,
+           "after_runs_bytes": max(0, after_runs - before) * 1024,
+           "method": "VmHWM" if reset else "VmRSS after runs (VmHWM reset unavailable)"}
+print(json.dumps(out))
+"""
+
+
+def _memory(path: str, providers: list[str], threads: int | None, ort_level: str, feeds_path: str,
+            runs: int, spin: bool = False) -> dict:
+    level = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
+             "all": "ORT_ENABLE_ALL"}[ort_level]
+    spec = {"path": path, "providers": providers, "threads": threads, "ort_level": level,
+            "feeds": feeds_path, "runs": runs, "spin": spin}
+    cmd = [sys.executable, "-c", _MEMORY_CHILD, json.dumps(spec)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, check=False)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return {"peak_bytes": None, "error": _line(e)}
+    if proc.returncode != 0:
+        return {"peak_bytes": None, "error": _line(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip()
+                                                   else f"exit {proc.returncode}")}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ----------------------------------------------------------------------------- the benchmark
+
+
+def _percentiles(samples_s: list[float]) -> dict[str, float]:
+    ms = np.asarray(samples_s) * 1e3
+    return {"p50": float(np.percentile(ms, 50)), "p90": float(np.percentile(ms, 90)),
+            "p99": float(np.percentile(ms, 99)), "mean": float(ms.mean()), "min": float(ms.min()),
+            "stdev": float(ms.std(ddof=1)) if len(ms) > 1 else 0.0}
+
+
+def bench(
+    models: Sequence,
+    *,
+    provider: str = "cpu",
+    threads: int | None = None,
+    batch: int | None = None,
+    shapes: dict[str, list[int]] | None = None,
+    inputs: str | os.PathLike | dict[str, np.ndarray] | Sequence[dict[str, np.ndarray]] | None = None,
+    runs: int = 50,
+    warmup: int = 5,
+    init_repeats: int = 3,
+    memory: bool = True,
+    memory_runs: int = 3,
+    placement: bool = True,
+    ort_level: str = "all",
+    spin: bool = False,
+    names: Sequence[str] | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> BenchResult:
+    """Benchmark models side by side in ORT; ratios are to the first model.
+
+    `models` are paths, onnx.ModelProto or ir.Model. Inputs: `inputs` (.npz path, dict, or a
+    list of dicts, one per model), else `MODEL.npz` beside the first model when it exists
+    (used for every model with the same input names), else random data from the
+    declared shapes (`shapes` and `batch` fill dynamic dims; other dynamic dims become 1 and
+    the result warns). `progress(stage, done, total)` is called as work advances.
+    """
+    from graphopt.verify import load_npz
+
+    if not models:
+        raise UsageError("bench needs at least one model")
+    if runs < 1 or warmup < 0 or init_repeats < 1:
+        raise UsageError("bench: --runs and repeats must be >= 1 and --warmup >= 0")
+    providers = resolve_provider(provider)
+    shapes = dict(shapes or {})
+    warnings: list[str] = []
+    report = progress or (lambda stage, done, total: None)
+    per_model = list(inputs) if isinstance(inputs, (list, tuple)) else None
+    if per_model is not None and len(per_model) != len(models):
+        raise UsageError(f"bench: {len(per_model)} input sets for {len(models)} models")
+    data = load_npz(inputs) if isinstance(inputs, (str, os.PathLike)) else (None if per_model else inputs)
+    from_sample = False
+    if data is None and per_model is None and not shapes and isinstance(models[0], (str, os.PathLike)):
+        sample = sample_data_for(models[0])
+        if sample is not None:
+            data, from_sample = load_npz(sample), True
+            warnings.append(f"inputs: {sample} (sample data beside the model)")
+
+    with tempfile.TemporaryDirectory(prefix="graphopt-bench-") as tmp:
+        workdir = pathlib.Path(tmp)
+        staged = [_stage(m, workdir, i) for i, m in enumerate(models)]
+        labels = list(names) if names else display_names([s[0] for s in staged])
+        staged = [(n, *rest) for n, (_, *rest) in zip(labels, staged)]
+        options = session_options(threads, ort_level, spin=spin)
+
+        # 1-2: creation and first run, interleaved across models.
+        sessions: list[ort.InferenceSession | None] = [None] * len(staged)
+        create_s: list[list[float]] = [[] for _ in staged]
+        first_s: list[list[float]] = [[] for _ in staged]
+        feeds: list[dict[str, np.ndarray]] = []
+        by_signature: dict[tuple, dict[str, np.ndarray]] = {}
+        total_init = init_repeats * len(staged)
+        for rep in range(init_repeats):
+            for i, (name, path, _, _) in enumerate(staged):
+                sessions[i] = None  # release the previous one before timing the next
+                start = time.perf_counter()
+                session = create_session(path, providers, options)
+                create_s[i].append(time.perf_counter() - start)
+                if rep == 0 and per_model is not None:
+                    feeds.append(_feeds(session, shapes, batch, per_model[i], warnings, name))
+                    _check_fallback(session, providers, name, warnings)
+                elif rep == 0:
+                    sig = _signature(session)
+                    if sig not in by_signature:
+                        fits = data is None or {a.name for a in session.get_inputs()} <= set(data)
+                        usable = None if from_sample and not fits else data  # the sample is for the first model
+                        by_signature[sig] = _feeds(session, shapes, batch, usable, warnings, name)
+                    feeds.append(by_signature[sig])
+                    _check_fallback(session, providers, name, warnings)
+                start = time.perf_counter()
+                session.run(None, feeds[i])
+                first_s[i].append(time.perf_counter() - start)
+                sessions[i] = session
+                report("session creation", rep * len(staged) + i + 1, total_init)
+
+        # 3: interleaved timed runs.
+        runners = [_runner(s, f) for s, f in zip(sessions, feeds)]
+        times = time_interleaved(runners, runs, warmup, progress=lambda r: report("timed runs", r, runs))
+        registered = [s.get_providers() for s in sessions]
+        del runners, sessions
+
+        # 5-6: memory in subprocesses, placement from a profiled run.
+        results = []
+        for i, (name, path, size, nodes) in enumerate(staged):
+            mem: dict = {}
+            if memory:
+                feeds_path = workdir / f"feeds{i}.npz"
+                np.savez(feeds_path, **feeds[i])
+                mem = _memory(path, providers, threads, ort_level, str(feeds_path), memory_runs, spin)
+                if mem.get("error"):
+                    warnings.append(f"{name}: memory not measured ({mem['error']})")
+            where, arena = ({}, None)
+            if placement:
+                where, arena = _placement(path, providers, threads, ort_level, feeds[i], workdir, spin)
+            mem["ort_arena_peak_bytes"] = arena
+            report("memory and placement", i + 1, len(staged))
+            item = _batch_of(feeds[i])
+            lat = _percentiles(times[i])
+            results.append(ModelBench(
+                name=name, path=path if isinstance(models[i], (str, os.PathLike)) else "", file_bytes=size,
+                nodes=nodes, session_create_ms=statistics.median(create_s[i]) * 1e3,
+                first_run_ms=statistics.median(first_s[i]) * 1e3, latency_ms=lat,
+                throughput=item / (lat["mean"] / 1e3), batch=item, providers=registered[i],
+                placement=where, memory=mem, samples_ms=[t * 1e3 for t in times[i]]))
+            if placement and providers[0] != "CPUExecutionProvider":
+                fallback = sum(where.get("CPUExecutionProvider", {}).values())
+                if fallback:
+                    warnings.append(f"{name}: {fallback} node(s) fell back to CPUExecutionProvider")
+    _add_ratios(results, times)
+    return BenchResult(results, provider, providers, threads, ort_level, runs, warmup,
+                       {k: list(v.shape) for k, v in feeds[0].items()}, environment(), warnings, spin=spin)
+
+
+def _runner(session: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> Callable[[], object]:
+    names = [o.name for o in session.get_outputs()]
+    return lambda: session.run(names, feeds)
+
+
+def _batch_of(feeds: dict[str, np.ndarray]) -> int:
+    for value in feeds.values():
+        if value.ndim:
+            return int(value.shape[0])
+    return 1
+
+
+def _check_fallback(session: ort.InferenceSession, providers: list[str], name: str, warnings: list[str]) -> None:
+    got = session.get_providers()
+    if providers[0] not in got:
+        warnings.append(f"{name}: {providers[0]} was requested but the session registered only {', '.join(got)}")
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else a / b
+
+
+def _add_ratios(results: list[ModelBench], times: list[list[float]]) -> None:
+    base = results[0]
+    base_times = np.asarray(times[0])
+    for m, t in zip(results, times):
+        paired = np.asarray(t) / base_times
+        m.ratios = {
+            "latency_p50": _ratio(m.latency_ms["p50"], base.latency_ms["p50"]),
+            "latency_mean": _ratio(m.latency_ms["mean"], base.latency_ms["mean"]),
+            "paired_iqr": [float(np.percentile(paired, 25)), float(np.percentile(paired, 75))],
+            "throughput": _ratio(m.throughput, base.throughput),
+            "session_create": _ratio(m.session_create_ms, base.session_create_ms),
+            "first_run": _ratio(m.first_run_ms, base.first_run_ms),
+            "peak_memory": _ratio(m.memory.get("peak_bytes"), base.memory.get("peak_bytes")),
+            "file_size": _ratio(m.file_bytes, base.file_bytes),
+        }
+
+
+# ----------------------------------------------------------------------------- rendering
+
+
+def _fmt_bytes(n) -> str:
+    from graphopt.report import human_bytes
+
+    return human_bytes(int(n)) if n is not None else "-"
+
+
+def _num(x: float) -> str:
+    return f"{x:.3g}" if abs(x) < 0.1 else f"{x:.2f}"
+
+
+def _fmt_ratio(x) -> str:
+    return "-" if x is None else f"{_num(x)}x"
+
+
+def render(result: BenchResult, console=None) -> None:
+    """Rich tables: latency, start-up and memory, ratios to the first model, then placement."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    console.print(describe_cpu(result.environment))
+    console.print(f"onnxruntime {result.environment['onnxruntime']}, {', '.join(result.providers)}, "
+                  f"threads {result.threads or 'ORT default'} (spinning {'on' if result.spin else 'off'}), "
+                  f"ORT optimization {result.ort_level}, "
+                  f"{result.runs} interleaved runs after {result.warmup} warm-up, inputs {result.inputs}",
+                  highlight=False)
+
+    def table(title: str, columns: Sequence[str]) -> Table:
+        t = Table(title=title, title_justify="left")
+        for col in columns:
+            t.add_column(col, justify="left" if col == "model" else "right")
+        return t
+
+    latency = table("latency (ms)", ("model", "p50", "p90", "p99", "mean", "min", "items/s"))
+    startup = table("start-up and memory", ("model", "file", "nodes", "create ms", "first run ms",
+                                            "peak RSS", "ORT arena"))
+    for m in result.models:
+        lat = m.latency_ms
+        latency.add_row(m.name, *(f"{lat[k]:.3f}" for k in ("p50", "p90", "p99", "mean", "min")),
+                        f"{m.throughput:.1f}")
+        startup.add_row(m.name, _fmt_bytes(m.file_bytes), str(m.nodes), f"{m.session_create_ms:.1f}",
+                        f"{m.first_run_ms:.2f}", _fmt_bytes(m.memory.get("peak_bytes")),
+                        _fmt_bytes(m.memory.get("ort_arena_peak_bytes")))
+    console.print(latency)
+    console.print(startup)
+    if len(result.models) > 1:
+        ratios = table(f"ratios to {result.models[0].name} (< 1: faster, smaller)",
+                       ("model", "p50", "paired IQR", "items/s", "create", "first run", "peak RSS", "file"))
+        for m in result.models:
+            r = m.ratios
+            lo, hi = r["paired_iqr"]
+            ratios.add_row(m.name, _fmt_ratio(r["latency_p50"]), f"{_num(lo)}-{_num(hi)}", _fmt_ratio(r["throughput"]),
+                           _fmt_ratio(r["session_create"]), _fmt_ratio(r["first_run"]),
+                           _fmt_ratio(r["peak_memory"]), _fmt_ratio(r["file_size"]))
+        console.print(ratios)
+    for m in result.models:
+        if m.placement:
+            parts = [f"{p} {sum(ops.values())} nodes" for p, ops in m.placement.items()]
+            console.print(f"placement {m.name}: registered {', '.join(m.providers)}; ran {'; '.join(parts)}",
+                          highlight=False)
+    console.print(f"[dim]memory: {result.memory_method}[/dim]")
+    for w in result.warnings:
+        console.print(f"[yellow]note:[/yellow] {w}", highlight=False)
+
+
+def to_markdown(result: BenchResult) -> str:
+    env = result.environment
+    lines = [describe_cpu(env), "",
+             f"onnxruntime {env['onnxruntime']}, providers {', '.join(result.providers)}, threads "
+             f"{result.threads or 'ORT default'}, {result.runs} interleaved runs, inputs `{result.inputs}`", "",
+             "| model | file | nodes | create ms | first ms | p50 ms | p90 ms | p99 ms | items/s | peak RSS "
+             "| p50 ratio | paired IQR | memory ratio |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for m in result.models:
+        lat, r = m.latency_ms, m.ratios
+        lines.append(f"| {m.name} | {_fmt_bytes(m.file_bytes)} | {m.nodes} | {m.session_create_ms:.1f} | "
+                     f"{m.first_run_ms:.2f} | {lat['p50']:.3f} | {lat['p90']:.3f} | {lat['p99']:.3f} | "
+                     f"{m.throughput:.1f} | {_fmt_bytes(m.memory.get('peak_bytes'))} | "
+                     f"{_fmt_ratio(r.get('latency_p50'))} | {_num(r['paired_iqr'][0])}-{_num(r['paired_iqr'][1])} | "
+                     f"{_fmt_ratio(r.get('peak_memory'))} |")
+    lines += ["", f"memory: {result.memory_method}"]
+    for m in result.models:
+        if m.placement:
+            lines.append(f"- {m.name}: " + "; ".join(f"{p} ran {sum(ops.values())} nodes"
+                                                      for p, ops in m.placement.items()))
+    lines += [f"- note: {w}" for w in result.warnings]
+    return "\n".join(lines) + "\n"
+
+
+def _line(e) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:300] if text else type(e).__name__

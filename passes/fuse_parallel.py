@@ -1,0 +1,502 @@
+"""Horizontal fusion: merge parallel Conv / Gemm / MatMul that read the same tensor, where it pays.
+
+    X -> Conv(W1,b1) -> Relu -> A          X -> Conv(concat(W1,W2,W3), concat(b1,b2,b3)) -> Relu
+    X -> Conv(W2,b2) -> Relu -> B   ==>       -> Split([C1,C2,C3], axis=1) -> A, B, C
+    X -> Conv(W3,b3) -> Relu -> C
+
+The math: each output channel of a Conv (each output column of a MatMul/Gemm) depends only on
+its own weight slice, so stacking the weights along the output axis and splitting the result
+computes exactly the same numbers. Element-wise tails commute with the split.
+
+Cases:
+
+1. Conv members: same kernel, strides, pads, dilations and auto_pad, group=1, constant weights
+   (and bias) of one dtype; split on axis 1. Members without a bias get zeros.
+2. MatMul members: X @ W with a constant 2-D W; split on the last axis. A following
+   `Add(y, b)` with a constant bias that broadcasts along the last axis is merged as well
+   (members without one get zeros).
+3. Gemm members: same transA, transB, alpha and beta, constant B, C absent or a constant
+   vector (broadcast); split on axis 1.
+4. A following element-wise activation with the same op, attributes and constant operands on
+   every member (Relu, Clip, Gelu, ...) is applied once, before the Split.
+5. A Concat on the split axis that takes all the pieces, consecutively and in order, takes
+   the merged tensor instead; the Split goes when nothing else uses it.
+6. Weights that are the output of a constant subgraph (ConstantOfShape in the onnx zoo's
+   Inception exports) are stacked by a Concat node, which ORT folds when it loads the model;
+   weights that are arrays are stacked into one new initializer.
+
+Each group is a candidate; the pass asks `decide(candidate)` whether to apply it (see
+`fuse_parallel_decide`: measured in ORT on the target provider, cached by shape signature,
+or a cost model with `measure=False`) and reports every candidate with its gain and verdict.
+
+Declined: members whose weights are graph inputs (the caller may feed them), or have unknown
+shapes; group != 1; members that read X twice or at another input; groups of one; nodes in
+If/Loop/Scan bodies and functions (the main graph only). Graph input and output names are
+kept: a member's last value is replaced by the matching Split output, which takes its name.
+"""
+
+from __future__ import annotations
+
+__all__ = ["FuseParallelPass", "FuseParallelResult", "Candidate", "Member", "find_candidates", "apply_candidate"]
+
+import dataclasses
+import logging
+from collections.abc import Callable
+
+import numpy as np
+import onnx_ir as ir
+from onnx_ir.passes.common import TopologicalSortPass
+
+from graphopt.patterns import (attr_int, attr_ints, constant_array, is_default_domain, opset_version,
+                               remove_node_keep_value)
+from graphopt.pipeline import CountedPassResult
+
+logger = logging.getLogger(__name__)
+
+PROVENANCE_KEY = "pkg.graphopt.pass"
+ELEMENTWISE = {"Relu", "LeakyRelu", "Sigmoid", "Tanh", "Clip", "Gelu", "Erf", "Elu", "Selu", "Softplus",
+               "Softsign", "HardSigmoid", "HardSwish", "Mish", "PRelu", "Exp", "Neg", "Abs", "ThresholdedRelu"}
+_MAX_CONST_NODES = 16  # a weight computed by a bigger constant subgraph is not worth chasing
+
+
+@dataclasses.dataclass
+class Member:
+    node: ir.Node
+    width: int  # output channels / columns
+    bias_add: ir.Node | None = None  # MatMul: Add(y, b)
+    bias_array: np.ndarray | None = None  # the bias of bias_add, as [width]
+    act: ir.Node | None = None
+
+    @property
+    def final(self) -> ir.Value:
+        return (self.act or self.bias_add or self.node).outputs[0]
+
+
+@dataclasses.dataclass
+class Candidate:
+    kind: str  # Conv, MatMul, Gemm
+    input: ir.Value
+    members: list[Member]
+    axis: int
+    key: tuple  # what members share (attributes, dtype, activation)
+
+    @property
+    def widths(self) -> list[int]:
+        return [m.width for m in self.members]
+
+    @property
+    def name(self) -> str:
+        return f"{len(self.members)}x{self.kind} on {self.input.name} -> {'+'.join(map(str, self.widths))}"
+
+    def input_shape(self) -> list[int | str] | None:
+        shape = self.input.shape
+        return None if shape is None else [d if isinstance(d, int) else str(d) for d in shape]
+
+
+@dataclasses.dataclass
+class FuseParallelResult(CountedPassResult):
+    candidates: list[dict] = dataclasses.field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- constants
+
+
+def _const_nodes(value: ir.Value | None, depth: int = 0) -> list[ir.Node] | None:
+    """The nodes computing `value` from constants alone ([] for an initializer), else None."""
+    if value is None or value.is_graph_input() or depth > _MAX_CONST_NODES:
+        return None
+    if value.const_value is not None:
+        return []
+    node = value.producer()
+    if node is None or not is_default_domain(node) or node.op_type.startswith("Random"):
+        return None
+    nodes: list[ir.Node] = []
+    for inp in node.inputs:
+        if inp is None:
+            continue
+        sub = _const_nodes(inp, depth + 1)
+        if sub is None:
+            return None
+        nodes += [n for n in sub if n not in nodes]
+    return nodes + [node] if len(nodes) < _MAX_CONST_NODES else None
+
+
+def _is_const(value: ir.Value | None) -> bool:
+    return _const_nodes(value) is not None
+
+
+def _dims(value: ir.Value) -> list[int] | None:
+    if value.shape is None or not all(isinstance(d, int) for d in value.shape):
+        return None
+    return list(value.shape)
+
+
+# ----------------------------------------------------------------------------- matching
+
+
+def _conv_key(node: ir.Node, w: list[int]) -> tuple | None:
+    if attr_int(node, "group", 1) != 1 or len(w) < 3:
+        return None
+    spatial = len(w) - 2
+    kernel = attr_ints(node, "kernel_shape") or w[2:]
+    if list(kernel) != w[2:]:
+        return None
+    auto_pad = node.attributes["auto_pad"].as_string() if "auto_pad" in node.attributes else "NOTSET"
+    return ("Conv", w[1], tuple(kernel), tuple(attr_ints(node, "strides") or [1] * spatial),
+            tuple(attr_ints(node, "pads") or [0] * 2 * spatial), tuple(attr_ints(node, "dilations") or [1] * spatial),
+            auto_pad)
+
+
+def _gemm_key(node: ir.Node, w: list[int]) -> tuple | None:
+    trans_b = attr_int(node, "transB", 0)
+    alpha = node.attributes["alpha"].as_float() if "alpha" in node.attributes else 1.0
+    beta = node.attributes["beta"].as_float() if "beta" in node.attributes else 1.0
+    if len(w) != 2:
+        return None
+    return ("Gemm", attr_int(node, "transA", 0), trans_b, alpha, beta, w[1] if trans_b else w[0])
+
+
+def _member(node: ir.Node, x: ir.Value) -> tuple[tuple, Member] | None:
+    """(merge key, member) for a node that may merge with others reading `x`, else None."""
+    if not is_default_domain(node) or node.op_type not in ("Conv", "MatMul", "Gemm"):
+        return None
+    inputs = list(node.inputs)
+    if len(inputs) < 2 or inputs[0] is not x or x in inputs[1:] or len(node.outputs) != 1:
+        return None
+    weight = inputs[1]
+    w = _dims(weight) if weight is not None else None
+    if w is None or not _is_const(weight) or weight.dtype is None or weight.dtype != x.dtype:
+        return None
+    if node.op_type == "Conv":
+        key = _conv_key(node, w)
+        width = w[0]
+        if len(inputs) > 2 and inputs[2] is not None and not _is_const(inputs[2]):
+            return None
+    elif node.op_type == "MatMul":
+        key = ("MatMul", w[0]) if len(w) == 2 else None
+        width = w[-1]
+    else:
+        key = _gemm_key(node, w)
+        width = w[0] if attr_int(node, "transB", 0) else w[-1]
+        c = inputs[2] if len(inputs) > 2 else None
+        if c is not None and _bias_vector(c, width) is None:
+            return None
+    if key is None:
+        return None
+    return (*key, str(x.dtype)), Member(node, width)
+
+
+def _bias_vector(value: ir.Value, width: int) -> np.ndarray | None:
+    """A constant that broadcasts along the last axis as a [width] vector."""
+    array = constant_array(value)
+    if array is None or array.size not in (1, width) or any(d != 1 for d in array.shape[:-1]):
+        return None
+    return np.broadcast_to(array.reshape(-1), (width,)).copy()
+
+
+def _single_user(value: ir.Value) -> ir.Node | None:
+    if value.is_graph_output():
+        return None
+    users = list(value.consumers())
+    return users[0] if len(users) == 1 and sum(1 for _ in value.uses()) == 1 else None
+
+
+def _attach_tail(member: Member, kind: str) -> tuple:
+    """Find the member's bias Add (MatMul) and element-wise activation; return the activation key."""
+    value = member.node.outputs[0]
+    user = _single_user(value)
+    if kind == "MatMul" and user is not None and user.op_type == "Add" and is_default_domain(user):
+        other = user.inputs[1] if user.inputs[0] is value else user.inputs[0]
+        bias = _bias_vector(other, member.width) if other is not None and other is not value else None
+        if bias is not None and bias.dtype == value.dtype.numpy():
+            member.bias_add, member.bias_array = user, bias
+            value = user.outputs[0]
+            user = _single_user(value)
+    if user is None or user.op_type not in ELEMENTWISE or not is_default_domain(user) or user.inputs[0] is not value:
+        return ()
+    if user.op_type == "PRelu":
+        return ()  # its slope is per channel: it would need stacking too
+    extra = []
+    for inp in user.inputs[1:]:
+        array = constant_array(inp) if inp is not None else None
+        if inp is not None and array is None:
+            return ()
+        extra.append(None if array is None else (array.dtype.str, array.shape, array.tobytes()))
+    attrs = tuple(sorted((k, repr(a.value)) for k, a in user.attributes.items()))
+    member.act = user
+    return (user.op_type, attrs, tuple(extra))
+
+
+def find_candidates(graph: ir.Graph) -> list[Candidate]:
+    """Groups of two or more mergeable nodes per read tensor, in graph order."""
+    values = [*graph.inputs, *(out for node in graph for out in node.outputs)]
+    candidates = []
+    for x in values:
+        groups: dict[tuple, list[Member]] = {}
+        seen = set()
+        for node in x.consumers():
+            if id(node) in seen or node.graph is not graph:  # uses inside If/Loop bodies stay
+                continue
+            seen.add(id(node))
+            found = _member(node, x)
+            if found is None:
+                continue
+            key, member = found
+            act_key = _attach_tail(member, key[0])
+            groups.setdefault((*key, act_key), []).append(member)
+        for key, members in groups.items():
+            if len(members) < 2:
+                continue
+            order = {id(n): i for i, n in enumerate(graph)}
+            members.sort(key=lambda m: order[id(m.node)])
+            kind = key[0]
+            candidates.append(Candidate(kind, x, members, 1 if kind != "MatMul" else -1, key))
+    return candidates
+
+
+# ----------------------------------------------------------------------------- rewriting
+
+
+def _stack(graph: ir.Graph, values: list[ir.Value | np.ndarray], axis: int, name: str, new_nodes: list) -> ir.Value:
+    """One value holding `values` concatenated on `axis`: an initializer if all are arrays,
+    else a Concat node over constant values (ORT folds it at load)."""
+    arrays = [v if isinstance(v, np.ndarray) else constant_array(v) for v in values]
+    if all(a is not None for a in arrays):
+        stacked = np.concatenate(arrays, axis=axis)
+        out = ir.Value(name=name, const_value=ir.tensor(stacked, name=name),
+                       shape=ir.Shape(stacked.shape), type=ir.TensorType(ir.DataType.from_numpy(stacked.dtype)))
+        graph.register_initializer(out)
+        return out
+    inputs = []
+    for i, (v, a) in enumerate(zip(values, arrays)):
+        if isinstance(v, ir.Value):
+            inputs.append(v)
+        else:
+            piece = ir.Value(name=f"{name}_part{i}", const_value=ir.tensor(a, name=f"{name}_part{i}"),
+                             shape=ir.Shape(a.shape), type=ir.TensorType(ir.DataType.from_numpy(a.dtype)))
+            graph.register_initializer(piece)
+            inputs.append(piece)
+    node = ir.Node("", "Concat", inputs, [ir.AttrInt64("axis", axis)], name=name)
+    node.outputs[0].name = name
+    new_nodes.append(node)
+    return node.outputs[0]
+
+
+def apply_candidate(model: ir.Model, cand: Candidate, names: Callable[[str], str]) -> dict[str, int]:
+    """Rewrite one candidate in place; `names(base)` returns fresh value names. Returns counters."""
+    graph = model.graph
+    first = cand.members[0].node
+    new_nodes: list[ir.Node] = []
+    x = cand.input
+    rank = len(x.shape) if x.shape is not None else None
+    widths = cand.widths
+    base = names(f"{first.name or first.op_type}_fused")
+
+    if cand.kind == "Conv":
+        w = _stack(graph, [m.node.inputs[1] for m in cand.members], 0, names(base + "_W"), new_nodes)
+        has_bias = any(len(m.node.inputs) > 2 and m.node.inputs[2] is not None for m in cand.members)
+        inputs = [x, w]
+        if has_bias:
+            dtype = x.dtype.numpy()
+            pieces = [m.node.inputs[2] if len(m.node.inputs) > 2 and m.node.inputs[2] is not None
+                      else np.zeros(m.width, dtype) for m in cand.members]
+            inputs.append(_stack(graph, pieces, 0, names(base + "_B"), new_nodes))
+    elif cand.kind == "MatMul":
+        inputs = [x, _stack(graph, [m.node.inputs[1] for m in cand.members], 1, names(base + "_W"), new_nodes)]
+    else:
+        trans_b = attr_int(first, "transB", 0)
+        inputs = [x, _stack(graph, [m.node.inputs[1] for m in cand.members], 0 if trans_b else 1,
+                            names(base + "_W"), new_nodes)]
+        cs = [m.node.inputs[2] if len(m.node.inputs) > 2 else None for m in cand.members]
+        if any(c is not None for c in cs):
+            dtype = x.dtype.numpy()
+            inputs.append(_stack(graph, [_bias_vector(c, m.width) if c is not None else np.zeros(m.width, dtype)
+                                         for c, m in zip(cs, cand.members)], 0, names(base + "_C"), new_nodes))
+    merged = ir.Node("", cand.kind, inputs, [a for a in first.attributes.values()], name=base)
+    new_nodes.append(merged)
+    value = merged.outputs[0]
+    value.name = base
+    value.dtype = x.dtype
+    _set_shape(value, cand.members[0].node.outputs[0], sum(widths), cand.axis)
+
+    if any(m.bias_add is not None for m in cand.members):
+        dtype = x.dtype.numpy()
+        bias = np.concatenate([m.bias_array if m.bias_array is not None else np.zeros(m.width, dtype)
+                               for m in cand.members]).astype(dtype)
+        bias_value = _stack(graph, [bias], 0, names(base + "_bias"), new_nodes)
+        add = ir.Node("", "Add", [value, bias_value], name=names(base + "_add"))
+        add.outputs[0].name = add.name
+        add.outputs[0].dtype, add.outputs[0].shape = value.dtype, value.shape
+        new_nodes.append(add)
+        value = add.outputs[0]
+
+    act = cand.members[0].act
+    if act is not None:
+        shared = ir.Node(act.domain, act.op_type, [value, *act.inputs[1:]], list(act.attributes.values()),
+                         name=names(base + "_" + act.op_type.lower()))
+        shared.outputs[0].name = shared.name
+        shared.outputs[0].dtype, shared.outputs[0].shape = value.dtype, value.shape
+        new_nodes.append(shared)
+        value = shared.outputs[0]
+
+    axis = cand.axis if cand.axis >= 0 or rank is None else rank + cand.axis
+    split_inputs = [value]
+    split_attrs = [ir.AttrInt64("axis", axis)]
+    if opset_version(model) >= 13:
+        sizes = ir.Value(name=names(base + "_split_sizes"), const_value=ir.tensor(np.array(widths, np.int64)),
+                         shape=ir.Shape([len(widths)]), type=ir.TensorType(ir.DataType.INT64))
+        graph.register_initializer(sizes)
+        split_inputs.append(sizes)
+    else:
+        split_attrs.append(ir.AttrInt64s("split", widths))
+    split = ir.Node("", "Split", split_inputs, split_attrs, num_outputs=len(widths), name=names(base + "_split"))
+    new_nodes.append(split)
+    for node in new_nodes:
+        node.metadata_props[PROVENANCE_KEY] = "fuse_parallel"
+    graph.insert_before(first, new_nodes)
+
+    old_names = []
+    for member, piece in zip(cand.members, split.outputs):
+        final = member.final
+        piece.dtype, piece.shape = final.dtype, final.shape
+        old_names.append(final.name)
+        final.replace_all_uses_with(piece, replace_graph_outputs=True)
+    old_weights = [v for m in cand.members for v in m.node.inputs[1:] if v is not None]
+    for member in cand.members:
+        for node in (member.act, member.bias_add, member.node):
+            if node is not None:
+                graph.remove(node, safe=True)
+    for weight in old_weights:  # stacked copies replace them; constant subgraphs feed the Concat
+        if weight.name in graph.initializers and not weight.uses() and not weight.is_graph_output():
+            del graph.initializers[weight.name]
+    for piece, name in zip(split.outputs, old_names):
+        piece.name = name
+    counters = {"fused_groups": 1, "ops_merged": len(cand.members),
+                "activations_shared": len(cand.members) if act is not None else 0}
+    counters["splits_dropped"] = _drop_split(graph, split, value, axis)
+    if any(n.op_type == "Concat" for n in new_nodes):
+        TopologicalSortPass()(model)  # weights from constant subgraphs may come later in the graph
+    return counters
+
+
+def _set_shape(value: ir.Value, like: ir.Value, width: int, axis: int) -> None:
+    if like.shape is None:
+        return
+    dims = list(like.shape)
+    dims[axis] = width
+    value.shape = ir.Shape(dims)
+
+
+def _drop_split(graph: ir.Graph, split: ir.Node, whole: ir.Value, axis: int) -> int:
+    """Case 5: Concat(..., piece0, ..., pieceN, ...) on the split axis takes `whole` instead."""
+    pieces = list(split.outputs)
+    n = len(pieces)
+    rank = len(whole.shape) if whole.shape is not None else None
+    for node in list({id(c): c for p in pieces for c in p.consumers()}.values()):
+        if node.op_type != "Concat" or not is_default_domain(node):
+            continue
+        cat_axis = attr_int(node, "axis", 0)
+        if cat_axis < 0 and rank is not None:
+            cat_axis += rank
+        if cat_axis != axis:
+            continue
+        inputs = list(node.inputs)
+        for start in range(len(inputs) - n + 1):
+            if not all(inputs[start + i] is pieces[i] for i in range(n)):
+                continue
+            if len(inputs) == n and remove_node_keep_value(node, whole):
+                break  # the Concat rebuilt exactly the merged tensor
+            rebuilt = ir.Node(node.domain, "Concat", inputs[:start] + [whole] + inputs[start + n:],
+                              list(node.attributes.values()), name=node.name)
+            rebuilt.metadata_props[PROVENANCE_KEY] = "fuse_parallel"
+            graph.insert_before(node, rebuilt)
+            old = node.outputs[0]
+            out = rebuilt.outputs[0]
+            out.dtype, out.shape, name = old.dtype, old.shape, old.name
+            old.replace_all_uses_with(out, replace_graph_outputs=True)
+            graph.remove(node, safe=True)
+            out.name = name
+            break
+    if all(not p.uses() and not p.is_graph_output() for p in pieces):
+        sizes = split.inputs[1] if len(split.inputs) > 1 else None
+        graph.remove(split, safe=True)
+        if sizes is not None and not sizes.uses() and sizes.name in graph.initializers:
+            del graph.initializers[sizes.name]
+        return 1
+    return 0
+
+
+# ----------------------------------------------------------------------------- the pass
+
+
+class FuseParallelPass(ir.passes.InPlacePass):
+    """Merge parallel Conv/Gemm/MatMul reading one tensor, for each candidate `decide` accepts.
+
+    `decide(model, candidate) -> Decision` is injectable (tests force verdicts); by default
+    candidates are timed in ORT on `provider` (`fuse_parallel_decide.MeasuredDecider`), or go
+    to the cost model with `measure=False`. `guard(model, accepted) -> GuardVerdict` vetoes the
+    accepted set as a whole (default when measuring: the whole model is timed with and without
+    them; `guard=False` turns it off). `log`, when given, receives one dict per candidate (the
+    report's detailed list), updated in place across the pipeline's iterations.
+    """
+
+    def __init__(self, decide=None, *, guard=None, provider: str = "cpu", threads: int | None = None,
+                 measure: bool = True, shapes: dict[str, list[int]] | None = None, log: list[dict] | None = None):
+        from passes import fuse_parallel_decide as fpd
+
+        self.decide = decide or (fpd.MeasuredDecider(provider, threads, shapes=shapes) if measure
+                                 else fpd.CostModelDecider(provider))
+        if guard is None and decide is None and measure:
+            guard = fpd.WholeModelGuard(provider, threads, shapes=shapes)
+        self.guard = guard or None  # guard=False: no whole-model check
+        self.log = log if log is not None else []
+
+    def call(self, model: ir.Model) -> FuseParallelResult:
+        from passes.fuse_parallel_decide import describe
+
+        candidates = find_candidates(model.graph)
+        counters = {"candidates": len(candidates), "fused_groups": 0, "ops_merged": 0, "rejected": 0,
+                    "activations_shared": 0, "splits_dropped": 0}
+        if not candidates:
+            return FuseParallelResult(model, False, counters=counters)
+        verdicts = [(c, self.decide(model, c)) for c in candidates]
+        accepted = [c for c, d in verdicts if d.apply]
+        entries = {id(c): describe(c, d) for c, d in verdicts}
+        if accepted and self.guard is not None:
+            verdict = self.guard(model, accepted)
+            for c in accepted:
+                entries[id(c)]["whole_model"] = verdict.summary
+            if not verdict.keep:
+                for c in accepted:
+                    entries[id(c)]["decision"] = "rejected (whole model not faster)"
+                accepted = []
+        taken = _all_names(model)
+        for cand in accepted:
+            for key, n in apply_candidate(model, cand, lambda b: _fresh(taken, b)).items():
+                counters[key] += n
+            logger.debug("fused %s", cand.name)
+        counters["rejected"] = len(candidates) - len(accepted)
+        self._record(list(entries.values()))
+        if accepted:
+            logger.info("fuse_parallel: %d of %d candidates fused", len(accepted), len(candidates))
+        return FuseParallelResult(model, bool(accepted), counters=counters, candidates=list(entries.values()))
+
+    def _record(self, entries: list[dict]) -> None:
+        index = {e["candidate"]: i for i, e in enumerate(self.log)}
+        for entry in entries:
+            if entry["candidate"] in index:
+                self.log[index[entry["candidate"]]] = entry
+            else:
+                self.log.append(entry)
+
+
+def _all_names(model: ir.Model) -> set[str]:
+    from graphopt.patterns import model_names
+
+    return model_names(model)
+
+
+def _fresh(taken: set[str], base: str) -> str:
+    from graphopt.patterns import fresh_name
+
+    return fresh_name(taken, base)
