@@ -13,20 +13,20 @@ import logging
 import math
 
 import numpy as np
+import onnx
 import onnx_ir as ir
-import onnx_ir.passes.common as common_passes
+from onnx_ir.passes.common import _c_api_utils  # the >2 GB-safe proto round trip
 
 logger = logging.getLogger(__name__)
 
 
-def _dims(value: ir.Value | None) -> list[int] | None:
-    if value is None or value.shape is None:
+Shapes = dict[str, list]  # value name -> dims (int, or str for a symbolic/unknown dim)
+
+
+def _dims(shapes: Shapes, value: ir.Value | None) -> list[int] | None:
+    if value is None or value.name not in shapes:
         return None
-    return [d if isinstance(d, int) else 1 for d in value.shape]
-
-
-def _known(value: ir.Value | None) -> bool:
-    return value is not None and value.shape is not None
+    return [d if isinstance(d, int) else 1 for d in shapes[value.name]]
 
 
 def value_signature(value: ir.Value) -> dict:
@@ -34,42 +34,56 @@ def value_signature(value: ir.Value) -> dict:
     return {"name": value.name, "dtype": value.dtype.name if value.dtype is not None else None, "shape": dims}
 
 
-def _node_macs(node: ir.Node) -> int | None:
+def _node_macs(node: ir.Node, shapes: Shapes) -> int | None:
     op = node.op_type
     if node.domain not in ("", "ai.onnx"):
         return None
     if op in ("Conv", "ConvTranspose"):
-        x, w, y = node.inputs[0], node.inputs[1], node.outputs[0]
-        if not (_known(w) and _known(y) and _known(x)):
-            return None
-        wd, yd, xd = _dims(w), _dims(y), _dims(x)
-        if len(yd) < 2 or len(wd) < 2:
+        xd, wd, yd = (_dims(shapes, v) for v in (node.inputs[0], node.inputs[1], node.outputs[0]))
+        if xd is None or wd is None or yd is None or len(yd) < 2 or len(wd) < 2:
             return None
         kernel = math.prod(wd[2:])
         if op == "Conv":
             return yd[0] * yd[1] * math.prod(yd[2:]) * wd[1] * kernel
         return xd[0] * xd[1] * math.prod(xd[2:]) * wd[1] * kernel
-    if op == "Gemm":
-        a, y = node.inputs[0], node.outputs[0]
-        if not (_known(a) and _known(y)):
+    if op in ("Gemm", "MatMul"):
+        ad, yd = _dims(shapes, node.inputs[0]), _dims(shapes, node.outputs[0])
+        if not ad or yd is None:
             return None
-        ad = _dims(a)
-        trans_a = node.attributes.get_int("transA", 0)
-        k = ad[0] if trans_a else ad[-1]
-        return math.prod(_dims(y)) * k
-    if op == "MatMul":
-        a, y = node.inputs[0], node.outputs[0]
-        if not (_known(a) and _known(y)) or not _dims(a):
-            return None
-        return math.prod(_dims(y)) * _dims(a)[-1]
+        k = ad[0] if op == "Gemm" and node.attributes.get_int("transA", 0) else ad[-1]
+        return math.prod(yd) * k
     return None
 
 
-def analyze(model: ir.Model, *, infer_shapes: bool = True) -> dict:
-    """A JSON-ready summary. With `infer_shapes`, runs onnx shape inference on the model first
-    (it only annotates value shapes)."""
-    if infer_shapes:
-        _infer(model)
+def _infer_shapes(model: ir.Model) -> Shapes:
+    """Shapes of every main-graph value from onnx shape inference, without touching the model.
+
+    Runs on a proto stripped of large initializers (onnx-ir's >2 GB-safe round trip), so no
+    weight is copied; the model's own annotations are the fallback when inference fails.
+    """
+    def infer(proto: onnx.ModelProto) -> onnx.ModelProto:
+        return onnx.shape_inference.infer_shapes(proto, strict_mode=False, data_prop=False)
+
+    shapes: Shapes = {}
+    try:
+        inferred = _c_api_utils.call_onnx_api(infer, model).graph
+        infos = [*inferred.input, *inferred.value_info, *inferred.output]
+        for info in infos:
+            t = info.type.tensor_type
+            if info.type.HasField("tensor_type") and t.HasField("shape"):
+                shapes[info.name] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.shape.dim]
+    except Exception as e:  # noqa: BLE001 - shapes only feed the report; missing ones are reported as unknown
+        logger.warning("shape inference failed, MACs may be incomplete: %s", e)
+    for node in model.graph:
+        for v in [*node.inputs, *node.outputs]:
+            if v is not None and v.name not in shapes and v.shape is not None:
+                shapes[v.name] = [d if isinstance(d, int) else str(d) for d in v.shape]
+    return shapes
+
+
+def analyze(model: ir.Model) -> dict:
+    """A JSON-ready summary; the model is not modified."""
+    shapes = _infer_shapes(model)
     graph = model.graph
     histogram: collections.Counter = collections.Counter()
     macs = 0
@@ -81,7 +95,7 @@ def analyze(model: ir.Model, *, infer_shapes: bool = True) -> dict:
         if node.domain not in ("", "ai.onnx", "com.microsoft"):
             custom_ops.add(key)
         if node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
-            m = _node_macs(node)
+            m = _node_macs(node, shapes) if node.graph is graph else None
             if m is None:
                 macs_unknown += 1
             else:
@@ -121,9 +135,3 @@ def analyze(model: ir.Model, *, infer_shapes: bool = True) -> dict:
         "custom_ops": sorted(custom_ops),
     }
 
-
-def _infer(model: ir.Model) -> None:
-    try:
-        common_passes.ShapeInferencePass(data_prop=False)(model)
-    except Exception as e:  # noqa: BLE001 - shapes only feed the report; missing ones are reported as unknown
-        logger.warning("shape inference failed, MACs may be incomplete: %s", e)
