@@ -113,7 +113,7 @@ def optimize(
     file_before = _source_bytes(model, working)
     before = analyze(working)
     result = Pipeline(specs, options).run(working, progress=progress)
-    after = analyze(working, infer_shapes=False)
+    after = analyze(working)
     data = load_npz(inputs) if isinstance(inputs, (str, os.PathLike)) else inputs
 
     file_after = None
