@@ -8,7 +8,7 @@ file (or its external data) is never the target.
 
 from __future__ import annotations
 
-__all__ = ["load", "save", "model_size_bytes", "external_data_paths", "EXTERNAL_DATA_THRESHOLD"]
+__all__ = ["load", "save", "model_size_bytes", "external_data_paths", "release_mapped", "EXTERNAL_DATA_THRESHOLD"]
 
 import logging
 import os
@@ -169,3 +169,20 @@ def save(model: ir.Model, path: str | os.PathLike, *, external_data: bool | None
         raise InputError(f"{target}: cannot write output ({_first_line(e)})") from e
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        release_mapped(model)
+
+
+def release_mapped(model: ir.Model) -> None:
+    """Unmap the external tensors read so far (saving reads them all).
+
+    Each `ir.ExternalTensor` keeps its memory map open once read, and every page read
+    counts toward resident memory until then: for a model over 2 GB that is the whole
+    model, held while ONNX Runtime loads it again for verification. The data stays in the
+    page cache and is mapped again on the next read.
+    """
+    for tensor in _tensors(model):
+        if isinstance(tensor, ir.ExternalTensor):
+            try:
+                tensor.release()
+            except BufferError:  # a numpy view of the map is still alive: keep it
+                pass
