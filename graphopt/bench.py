@@ -10,8 +10,8 @@ What is measured, and how:
    runs every model once, in an order rotated by r) in one process on the same inputs, so
    background load hits every model alike. p50/p90/p99/mean/min come from these runs
    (p99 of fewer than 100 runs is close to the maximum), throughput is batch / mean.
-4. **Ratios** to the first model: p50 ratio = p50_i / p50_0, and the spread of the paired
-   per-round ratios t_i/t_0 (their 25th-75th percentile), which shows how far noise goes.
+4. **Ratios** to the first model: p50 ratio = p50_i / p50_0, and the median of the paired
+   per-round ratios t_i/t_0 with a 95% bootstrap interval, which shows how far noise goes.
 5. **Memory**, in a fresh subprocess per model (one at a time, after the timing): the
    kernel's peak-RSS mark (Linux `VmHWM`, reset through `/proc/self/clear_refs` just before
    session creation; elsewhere `ru_maxrss`) minus the RSS before creation, over session
@@ -166,6 +166,19 @@ def time_interleaved(runners: Sequence[Callable[[], object]], runs: int, warmup:
     return times
 
 
+def paired_ratio(base: Sequence[float], other: Sequence[float], *, boot: int = 2000, seed: int = 0) -> dict:
+    """Per-round ratios other/base of interleaved runs: median, 95% bootstrap interval of the
+    median, quartiles, and the share of rounds `other` was faster. Background load that slows a
+    whole round cancels in the ratio; the median ignores the rounds a burst hit on one side."""
+    ratios = np.asarray(other, dtype=float) / np.asarray(base, dtype=float)
+    rng = np.random.default_rng(seed)
+    medians = np.median(ratios[rng.integers(0, len(ratios), size=(boot, len(ratios)))], axis=1)
+    q1, q3 = np.percentile(ratios, [25, 75])
+    lo, hi = np.percentile(medians, [2.5, 97.5])
+    return {"median": float(np.median(ratios)), "ci95": [float(lo), float(hi)], "iqr": [float(q1), float(q3)],
+            "faster_share": float(np.mean(ratios < 1)), "rounds": int(len(ratios))}
+
+
 # ----------------------------------------------------------------------------- results
 
 
@@ -211,7 +224,8 @@ class BenchResult:
     def to_dict(self, samples: bool = False) -> dict:
         return {
             "provider": self.provider, "providers": self.providers, "threads": self.threads,
-            "ort_level": self.ort_level, "spin": self.spin, "runs": self.runs, "warmup": self.warmup, "inputs": self.inputs,
+            "ort_level": self.ort_level, "spin": self.spin, "runs": self.runs, "warmup": self.warmup,
+            "inputs": self.inputs,
             "environment": self.environment, "memory_method": self.memory_method,
             "models": [m.to_dict(samples) for m in self.models], "warnings": self.warnings,
         }
@@ -336,7 +350,8 @@ def _signature(session: ort.InferenceSession) -> tuple:
 
 
 def _placement(path: str, providers: list[str], threads: int | None, ort_level: str,
-               feeds: dict[str, np.ndarray], workdir: pathlib.Path, spin: bool = False) -> tuple[dict[str, dict[str, int]], float | None]:
+               feeds: dict[str, np.ndarray], workdir: pathlib.Path,
+               spin: bool = False) -> tuple[dict[str, dict[str, int]], float | None]:
     """Provider -> op -> node count from one profiled run, and ORT's arena peak in bytes."""
     prefix = str(workdir / "profile")
     session = create_session(path, providers, session_options(threads, ort_level, profile_prefix=prefix, spin=spin))
@@ -591,13 +606,14 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 def _add_ratios(results: list[ModelBench], times: list[list[float]]) -> None:
     base = results[0]
-    base_times = np.asarray(times[0])
     for m, t in zip(results, times):
-        paired = np.asarray(t) / base_times
+        paired = paired_ratio(times[0], t)
         m.ratios = {
             "latency_p50": _ratio(m.latency_ms["p50"], base.latency_ms["p50"]),
             "latency_mean": _ratio(m.latency_ms["mean"], base.latency_ms["mean"]),
-            "paired_iqr": [float(np.percentile(paired, 25)), float(np.percentile(paired, 75))],
+            "paired_median": paired["median"],
+            "paired_ci95": paired["ci95"],
+            "paired_iqr": paired["iqr"],
             "throughput": _ratio(m.throughput, base.throughput),
             "session_create": _ratio(m.session_create_ms, base.session_create_ms),
             "first_run": _ratio(m.first_run_ms, base.first_run_ms),
@@ -656,11 +672,12 @@ def render(result: BenchResult, console=None) -> None:
     console.print(startup)
     if len(result.models) > 1:
         ratios = table(f"ratios to {result.models[0].name} (< 1: faster, smaller)",
-                       ("model", "p50", "paired IQR", "items/s", "create", "first run", "peak RSS", "file"))
+                       ("model", "p50", "paired (95% CI)", "items/s", "create", "first run", "peak RSS", "file"))
         for m in result.models:
             r = m.ratios
-            lo, hi = r["paired_iqr"]
-            ratios.add_row(m.name, _fmt_ratio(r["latency_p50"]), f"{_num(lo)}-{_num(hi)}", _fmt_ratio(r["throughput"]),
+            lo, hi = r["paired_ci95"]
+            ratios.add_row(m.name, _fmt_ratio(r["latency_p50"]),
+                           f"{_num(r['paired_median'])} ({_num(lo)}-{_num(hi)})", _fmt_ratio(r["throughput"]),
                            _fmt_ratio(r["session_create"]), _fmt_ratio(r["first_run"]),
                            _fmt_ratio(r["peak_memory"]), _fmt_ratio(r["file_size"]))
         console.print(ratios)
@@ -680,14 +697,15 @@ def to_markdown(result: BenchResult) -> str:
              f"onnxruntime {env['onnxruntime']}, providers {', '.join(result.providers)}, threads "
              f"{result.threads or 'ORT default'}, {result.runs} interleaved runs, inputs `{result.inputs}`", "",
              "| model | file | nodes | create ms | first ms | p50 ms | p90 ms | p99 ms | items/s | peak RSS "
-             "| p50 ratio | paired IQR | memory ratio |",
+             "| p50 ratio | paired ratio (95% CI) | memory ratio |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for m in result.models:
         lat, r = m.latency_ms, m.ratios
         lines.append(f"| {m.name} | {_fmt_bytes(m.file_bytes)} | {m.nodes} | {m.session_create_ms:.1f} | "
                      f"{m.first_run_ms:.2f} | {lat['p50']:.3f} | {lat['p90']:.3f} | {lat['p99']:.3f} | "
                      f"{m.throughput:.1f} | {_fmt_bytes(m.memory.get('peak_bytes'))} | "
-                     f"{_fmt_ratio(r.get('latency_p50'))} | {_num(r['paired_iqr'][0])}-{_num(r['paired_iqr'][1])} | "
+                     f"{_fmt_ratio(r.get('latency_p50'))} | {_num(r['paired_median'])} ({_num(r['paired_ci95'][0])}-"
+                     f"{_num(r['paired_ci95'][1])}) | "
                      f"{_fmt_ratio(r.get('peak_memory'))} |")
     lines += ["", f"memory: {result.memory_method}"]
     for m in result.models:

@@ -305,7 +305,8 @@ def compare(
                 continue
             q1, q3 = np.percentile(m.samples_ms, [25, 75])
             summary.latency = {"p50_ms": m.latency_ms["p50"], "ratio": m.ratios["latency_p50"],
-                               "paired_iqr": m.ratios["paired_iqr"], "q1_ms": float(q1), "q3_ms": float(q3),
+                               "paired_median": m.ratios["paired_median"], "paired_ci95": m.ratios["paired_ci95"],
+                               "q1_ms": float(q1), "q3_ms": float(q3),
                                "session_create_ms": m.session_create_ms,
                                "peak_rss_bytes": m.memory.get("peak_bytes")}
     warnings += [w for w in result.warnings if not w.startswith("inputs:")]

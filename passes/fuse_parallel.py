@@ -37,23 +37,21 @@ kept: a member's last value is replaced by the matching Split output, which take
 
 from __future__ import annotations
 
-__all__ = ["FuseParallelPass", "FuseParallelResult", "Candidate", "Member", "find_candidates", "apply_candidate"]
+__all__ = ["FuseParallelPass", "FuseParallelResult", "Candidate", "Member", "find_candidates", "apply_candidate",
+           "PROVENANCE_KEY"]
 
 import dataclasses
 import logging
-from collections.abc import Callable
 
 import numpy as np
 import onnx_ir as ir
-from onnx_ir.passes.common import TopologicalSortPass
 
-from graphopt.patterns import (attr_int, attr_ints, constant_array, is_default_domain, opset_version,
-                               remove_node_keep_value)
+from graphopt.patterns import attr_int, attr_ints, is_default_domain
 from graphopt.pipeline import CountedPassResult
+from passes.fuse_parallel_rewrite import PROVENANCE_KEY, apply_candidate, bias_vector, constant_array, is_graph_input
 
 logger = logging.getLogger(__name__)
 
-PROVENANCE_KEY = "pkg.graphopt.pass"
 ELEMENTWISE = {"Relu", "LeakyRelu", "Sigmoid", "Tanh", "Clip", "Gelu", "Erf", "Elu", "Selu", "Softplus",
                "Softsign", "HardSigmoid", "HardSwish", "Mish", "PRelu", "Exp", "Neg", "Abs", "ThresholdedRelu"}
 _MAX_CONST_NODES = 16  # a weight computed by a bigger constant subgraph is not worth chasing
@@ -86,7 +84,9 @@ class Candidate:
 
     @property
     def name(self) -> str:
-        return f"{len(self.members)}x{self.kind} on {self.input.name} -> {'+'.join(map(str, self.widths))}"
+        act = self.members[0].act
+        kind = f"{self.kind}+{act.op_type}" if act is not None else self.kind
+        return f"{len(self.members)}x{kind} on {self.input.name} -> {'+'.join(map(str, self.widths))}"
 
     def input_shape(self) -> list[int | str] | None:
         shape = self.input.shape
@@ -103,7 +103,7 @@ class FuseParallelResult(CountedPassResult):
 
 def _const_nodes(value: ir.Value | None, depth: int = 0) -> list[ir.Node] | None:
     """The nodes computing `value` from constants alone ([] for an initializer), else None."""
-    if value is None or value.is_graph_input() or depth > _MAX_CONST_NODES:
+    if value is None or is_graph_input(value) or depth > _MAX_CONST_NODES:
         return None
     if value.const_value is not None:
         return []
@@ -179,19 +179,11 @@ def _member(node: ir.Node, x: ir.Value) -> tuple[tuple, Member] | None:
         key = _gemm_key(node, w)
         width = w[0] if attr_int(node, "transB", 0) else w[-1]
         c = inputs[2] if len(inputs) > 2 else None
-        if c is not None and _bias_vector(c, width) is None:
+        if c is not None and bias_vector(c, width) is None:
             return None
     if key is None:
         return None
     return (*key, str(x.dtype)), Member(node, width)
-
-
-def _bias_vector(value: ir.Value, width: int) -> np.ndarray | None:
-    """A constant that broadcasts along the last axis as a [width] vector."""
-    array = constant_array(value)
-    if array is None or array.size not in (1, width) or any(d != 1 for d in array.shape[:-1]):
-        return None
-    return np.broadcast_to(array.reshape(-1), (width,)).copy()
 
 
 def _single_user(value: ir.Value) -> ir.Node | None:
@@ -207,7 +199,7 @@ def _attach_tail(member: Member, kind: str) -> tuple:
     user = _single_user(value)
     if kind == "MatMul" and user is not None and user.op_type == "Add" and is_default_domain(user):
         other = user.inputs[1] if user.inputs[0] is value else user.inputs[0]
-        bias = _bias_vector(other, member.width) if other is not None and other is not value else None
+        bias = bias_vector(other, member.width) if other is not None and other is not value else None
         if bias is not None and bias.dtype == value.dtype.numpy():
             member.bias_add, member.bias_array = user, bias
             value = user.outputs[0]
@@ -254,178 +246,6 @@ def find_candidates(graph: ir.Graph) -> list[Candidate]:
     return candidates
 
 
-# ----------------------------------------------------------------------------- rewriting
-
-
-def _stack(graph: ir.Graph, values: list[ir.Value | np.ndarray], axis: int, name: str, new_nodes: list) -> ir.Value:
-    """One value holding `values` concatenated on `axis`: an initializer if all are arrays,
-    else a Concat node over constant values (ORT folds it at load)."""
-    arrays = [v if isinstance(v, np.ndarray) else constant_array(v) for v in values]
-    if all(a is not None for a in arrays):
-        stacked = np.concatenate(arrays, axis=axis)
-        out = ir.Value(name=name, const_value=ir.tensor(stacked, name=name),
-                       shape=ir.Shape(stacked.shape), type=ir.TensorType(ir.DataType.from_numpy(stacked.dtype)))
-        graph.register_initializer(out)
-        return out
-    inputs = []
-    for i, (v, a) in enumerate(zip(values, arrays)):
-        if isinstance(v, ir.Value):
-            inputs.append(v)
-        else:
-            piece = ir.Value(name=f"{name}_part{i}", const_value=ir.tensor(a, name=f"{name}_part{i}"),
-                             shape=ir.Shape(a.shape), type=ir.TensorType(ir.DataType.from_numpy(a.dtype)))
-            graph.register_initializer(piece)
-            inputs.append(piece)
-    node = ir.Node("", "Concat", inputs, [ir.AttrInt64("axis", axis)], name=name)
-    node.outputs[0].name = name
-    new_nodes.append(node)
-    return node.outputs[0]
-
-
-def apply_candidate(model: ir.Model, cand: Candidate, names: Callable[[str], str]) -> dict[str, int]:
-    """Rewrite one candidate in place; `names(base)` returns fresh value names. Returns counters."""
-    graph = model.graph
-    first = cand.members[0].node
-    new_nodes: list[ir.Node] = []
-    x = cand.input
-    rank = len(x.shape) if x.shape is not None else None
-    widths = cand.widths
-    base = names(f"{first.name or first.op_type}_fused")
-
-    if cand.kind == "Conv":
-        w = _stack(graph, [m.node.inputs[1] for m in cand.members], 0, names(base + "_W"), new_nodes)
-        has_bias = any(len(m.node.inputs) > 2 and m.node.inputs[2] is not None for m in cand.members)
-        inputs = [x, w]
-        if has_bias:
-            dtype = x.dtype.numpy()
-            pieces = [m.node.inputs[2] if len(m.node.inputs) > 2 and m.node.inputs[2] is not None
-                      else np.zeros(m.width, dtype) for m in cand.members]
-            inputs.append(_stack(graph, pieces, 0, names(base + "_B"), new_nodes))
-    elif cand.kind == "MatMul":
-        inputs = [x, _stack(graph, [m.node.inputs[1] for m in cand.members], 1, names(base + "_W"), new_nodes)]
-    else:
-        trans_b = attr_int(first, "transB", 0)
-        inputs = [x, _stack(graph, [m.node.inputs[1] for m in cand.members], 0 if trans_b else 1,
-                            names(base + "_W"), new_nodes)]
-        cs = [m.node.inputs[2] if len(m.node.inputs) > 2 else None for m in cand.members]
-        if any(c is not None for c in cs):
-            dtype = x.dtype.numpy()
-            inputs.append(_stack(graph, [_bias_vector(c, m.width) if c is not None else np.zeros(m.width, dtype)
-                                         for c, m in zip(cs, cand.members)], 0, names(base + "_C"), new_nodes))
-    merged = ir.Node("", cand.kind, inputs, [a for a in first.attributes.values()], name=base)
-    new_nodes.append(merged)
-    value = merged.outputs[0]
-    value.name = base
-    value.dtype = x.dtype
-    _set_shape(value, cand.members[0].node.outputs[0], sum(widths), cand.axis)
-
-    if any(m.bias_add is not None for m in cand.members):
-        dtype = x.dtype.numpy()
-        bias = np.concatenate([m.bias_array if m.bias_array is not None else np.zeros(m.width, dtype)
-                               for m in cand.members]).astype(dtype)
-        bias_value = _stack(graph, [bias], 0, names(base + "_bias"), new_nodes)
-        add = ir.Node("", "Add", [value, bias_value], name=names(base + "_add"))
-        add.outputs[0].name = add.name
-        add.outputs[0].dtype, add.outputs[0].shape = value.dtype, value.shape
-        new_nodes.append(add)
-        value = add.outputs[0]
-
-    act = cand.members[0].act
-    if act is not None:
-        shared = ir.Node(act.domain, act.op_type, [value, *act.inputs[1:]], list(act.attributes.values()),
-                         name=names(base + "_" + act.op_type.lower()))
-        shared.outputs[0].name = shared.name
-        shared.outputs[0].dtype, shared.outputs[0].shape = value.dtype, value.shape
-        new_nodes.append(shared)
-        value = shared.outputs[0]
-
-    axis = cand.axis if cand.axis >= 0 or rank is None else rank + cand.axis
-    split_inputs = [value]
-    split_attrs = [ir.AttrInt64("axis", axis)]
-    if opset_version(model) >= 13:
-        sizes = ir.Value(name=names(base + "_split_sizes"), const_value=ir.tensor(np.array(widths, np.int64)),
-                         shape=ir.Shape([len(widths)]), type=ir.TensorType(ir.DataType.INT64))
-        graph.register_initializer(sizes)
-        split_inputs.append(sizes)
-    else:
-        split_attrs.append(ir.AttrInt64s("split", widths))
-    split = ir.Node("", "Split", split_inputs, split_attrs, num_outputs=len(widths), name=names(base + "_split"))
-    new_nodes.append(split)
-    for node in new_nodes:
-        node.metadata_props[PROVENANCE_KEY] = "fuse_parallel"
-    graph.insert_before(first, new_nodes)
-
-    old_names = []
-    for member, piece in zip(cand.members, split.outputs):
-        final = member.final
-        piece.dtype, piece.shape = final.dtype, final.shape
-        old_names.append(final.name)
-        final.replace_all_uses_with(piece, replace_graph_outputs=True)
-    old_weights = [v for m in cand.members for v in m.node.inputs[1:] if v is not None]
-    for member in cand.members:
-        for node in (member.act, member.bias_add, member.node):
-            if node is not None:
-                graph.remove(node, safe=True)
-    for weight in old_weights:  # stacked copies replace them; constant subgraphs feed the Concat
-        if weight.name in graph.initializers and not weight.uses() and not weight.is_graph_output():
-            del graph.initializers[weight.name]
-    for piece, name in zip(split.outputs, old_names):
-        piece.name = name
-    counters = {"fused_groups": 1, "ops_merged": len(cand.members),
-                "activations_shared": len(cand.members) if act is not None else 0}
-    counters["splits_dropped"] = _drop_split(graph, split, value, axis)
-    if any(n.op_type == "Concat" for n in new_nodes):
-        TopologicalSortPass()(model)  # weights from constant subgraphs may come later in the graph
-    return counters
-
-
-def _set_shape(value: ir.Value, like: ir.Value, width: int, axis: int) -> None:
-    if like.shape is None:
-        return
-    dims = list(like.shape)
-    dims[axis] = width
-    value.shape = ir.Shape(dims)
-
-
-def _drop_split(graph: ir.Graph, split: ir.Node, whole: ir.Value, axis: int) -> int:
-    """Case 5: Concat(..., piece0, ..., pieceN, ...) on the split axis takes `whole` instead."""
-    pieces = list(split.outputs)
-    n = len(pieces)
-    rank = len(whole.shape) if whole.shape is not None else None
-    for node in list({id(c): c for p in pieces for c in p.consumers()}.values()):
-        if node.op_type != "Concat" or not is_default_domain(node):
-            continue
-        cat_axis = attr_int(node, "axis", 0)
-        if cat_axis < 0 and rank is not None:
-            cat_axis += rank
-        if cat_axis != axis:
-            continue
-        inputs = list(node.inputs)
-        for start in range(len(inputs) - n + 1):
-            if not all(inputs[start + i] is pieces[i] for i in range(n)):
-                continue
-            if len(inputs) == n and remove_node_keep_value(node, whole):
-                break  # the Concat rebuilt exactly the merged tensor
-            rebuilt = ir.Node(node.domain, "Concat", inputs[:start] + [whole] + inputs[start + n:],
-                              list(node.attributes.values()), name=node.name)
-            rebuilt.metadata_props[PROVENANCE_KEY] = "fuse_parallel"
-            graph.insert_before(node, rebuilt)
-            old = node.outputs[0]
-            out = rebuilt.outputs[0]
-            out.dtype, out.shape, name = old.dtype, old.shape, old.name
-            old.replace_all_uses_with(out, replace_graph_outputs=True)
-            graph.remove(node, safe=True)
-            out.name = name
-            break
-    if all(not p.uses() and not p.is_graph_output() for p in pieces):
-        sizes = split.inputs[1] if len(split.inputs) > 1 else None
-        graph.remove(split, safe=True)
-        if sizes is not None and not sizes.uses() and sizes.name in graph.initializers:
-            del graph.initializers[sizes.name]
-        return 1
-    return 0
-
-
 # ----------------------------------------------------------------------------- the pass
 
 
@@ -450,12 +270,16 @@ class FuseParallelPass(ir.passes.InPlacePass):
             guard = fpd.WholeModelGuard(provider, threads, shapes=shapes)
         self.guard = guard or None  # guard=False: no whole-model check
         self.log = log if log is not None else []
+        self._counted: set[str] = set()
 
     def call(self, model: ir.Model) -> FuseParallelResult:
         from passes.fuse_parallel_decide import describe
 
         candidates = find_candidates(model.graph)
-        counters = {"candidates": len(candidates), "fused_groups": 0, "ops_merged": 0, "rejected": 0,
+        # Counters count each candidate once across the pipeline's iterations (the pipeline sums them);
+        # a rejected candidate is found again on every run.
+        new = [c for c in candidates if c.name not in self._counted]
+        counters = {"candidates": len(new), "fused_groups": 0, "ops_merged": 0, "rejected": 0,
                     "activations_shared": 0, "splits_dropped": 0}
         if not candidates:
             return FuseParallelResult(model, False, counters=counters)
@@ -475,19 +299,22 @@ class FuseParallelPass(ir.passes.InPlacePass):
             for key, n in apply_candidate(model, cand, lambda b: _fresh(taken, b)).items():
                 counters[key] += n
             logger.debug("fused %s", cand.name)
-        counters["rejected"] = len(candidates) - len(accepted)
+        counters["rejected"] = sum(1 for c in new if c not in accepted)
+        self._counted.update(c.name for c in candidates)
         self._record(list(entries.values()))
         if accepted:
             logger.info("fuse_parallel: %d of %d candidates fused", len(accepted), len(candidates))
         return FuseParallelResult(model, bool(accepted), counters=counters, candidates=list(entries.values()))
 
     def _record(self, entries: list[dict]) -> None:
+        """Add or update log entries; a cache hit repeating an earlier verdict keeps the measured entry."""
         index = {e["candidate"]: i for i, e in enumerate(self.log)}
         for entry in entries:
-            if entry["candidate"] in index:
-                self.log[index[entry["candidate"]]] = entry
-            else:
+            i = index.get(entry["candidate"])
+            if i is None:
                 self.log.append(entry)
+            elif not (entry["method"] == "cached" and entry["decision"] == self.log[i]["decision"]):
+                self.log[i] = entry
 
 
 def _all_names(model: ir.Model) -> set[str]:

@@ -3,9 +3,10 @@
 `MeasuredDecider` cuts the candidate out of the model with its direct consumers (so ORT's own
 rewrites around it, such as the NCHWc layout of a following Conv, are part of what is timed),
 builds the fused form with the very rewrite the pass applies, checks both give the same
-outputs, and times them interleaved in one process on the target provider. The candidate
-pays when the median of the paired per-round ratios is at least `min_gain` faster and the
-fused form wins at least 60% of the rounds and its best runs are faster too. Decisions are cached by shape signature (op
+outputs, and times them interleaved in one process on the target provider, sampling until
+the evidence is conclusive (or three times the budget is spent). The candidate pays when the
+median per-round ratio fused/separate is at least `min_gain` below 1 and its 95% bootstrap
+interval lies entirely below 1: on a noisy machine, unclear means no. Decisions are cached by shape signature (op
 kind, shapes, attributes, tail, consumers, provider, threads), so repeated blocks cost one
 measurement.
 
@@ -13,8 +14,9 @@ measurement.
 the measurements on ORT's CPU provider showed (see tools/bench_fusion.py, which prints both).
 
 `WholeModelGuard` times the whole model with and without the accepted fusions, once, and
-drops them all unless the fused model is faster: a subgraph timing cannot see every
-interaction (ORT's attention fusion, memory planning), and level 3 must never be slower.
+drops them all unless the fused model's median paired ratio is below 1: the subgraph timings
+already showed each gain with confidence, but they cannot see every interaction (ORT's
+attention fusion, memory planning), and level 3 must never be slower.
 
 Symbolic dims are made concrete for timing: from the user's `--shape` when a graph input
 with the same dim name was given, else 1 for a leading dim and `ASSUMED_DIM` elsewhere; the
@@ -35,7 +37,9 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from graphopt.bench import create_session, resolve_provider, session_options, time_interleaved
+from collections.abc import Callable
+
+from graphopt.bench import create_session, paired_ratio, resolve_provider, session_options, time_interleaved
 from passes.fuse_parallel import Candidate, _const_nodes, apply_candidate, find_candidates
 
 logger = logging.getLogger(__name__)
@@ -251,8 +255,13 @@ def _same_outputs(a: list, b: list) -> bool:
 
 
 def time_pair(a: bytes, b: bytes, feeds: dict, providers: list[str], threads: int | None, *,
-              budget_s: float, min_runs: int = 10, max_runs: int = 200) -> tuple[list[float], list[float], bool]:
-    """Interleaved seconds per run of two models on the same feeds, and whether outputs agree."""
+              budget_s: float, min_runs: int = 10, max_runs: int = 400,
+              decided: Callable[[list[float], list[float]], bool] | None = None,
+              ) -> tuple[list[float], list[float], bool]:
+    """Interleaved seconds per run of two models on the same feeds, and whether outputs agree.
+
+    Runs chunks of `min_runs` rounds until `budget_s` is spent and `decided(ta, tb)` holds (the
+    evidence is conclusive), or 3x the budget, or `max_runs` rounds."""
     options = session_options(threads)
     sa, sb = create_session(a, providers, options), create_session(b, providers, options)
     out_a, out_b = sa.run(None, feeds), sb.run(None, feeds)
@@ -266,22 +275,31 @@ def time_pair(a: bytes, b: bytes, feeds: dict, providers: list[str], threads: in
         warm = 0
         ta += chunk[0]
         tb += chunk[1]
-        if time.perf_counter() - start > budget_s:
+        spent = time.perf_counter() - start
+        if spent > 3 * budget_s or (spent > budget_s and (decided is None or decided(ta, tb))):
             break
     return ta, tb, same
 
 
 def _verdict(ta: list[float], tb: list[float], min_gain: float) -> tuple[bool, float, str]:
-    """(pays, gain, evidence). Pays: the median paired ratio is `min_gain` faster, the fused form
-    wins at least 60% of the rounds, and its best runs (10th percentile) are faster too."""
-    a, b = np.asarray(ta), np.asarray(tb)
-    paired = b / a
-    gain = 1 - float(np.median(paired))
-    wins = float(np.mean(paired < 1))
-    best = 1 - float(np.percentile(b, 10) / np.percentile(a, 10))
-    q1, q3 = np.percentile(paired, [25, 75])
-    pays = gain >= min_gain and wins >= 0.6 and best > 0
-    return pays, gain, f"paired ratio IQR {q1:.2f}-{q3:.2f}, fused won {wins:.0%} of rounds, best-run gain {best:+.1%}"
+    """(pays, gain, evidence). Pays: the median per-round ratio fused/separate shows at least
+    `min_gain`, and its 95% bootstrap interval lies below 1 (faster with confidence)."""
+    stats = paired_ratio(ta, tb)
+    gain = 1 - stats["median"]
+    lo, hi = stats["ci95"]
+    pays = gain >= min_gain and hi < 1.0
+    return pays, gain, (f"ratio {stats['median']:.3f} (95% CI {lo:.3f}-{hi:.3f}), "
+                        f"fused faster in {stats['faster_share']:.0%} of rounds")
+
+
+def _conclusive(min_gain: float) -> Callable[[list[float], list[float]], bool]:
+    """Stop sampling once the interval is clear of the decision boundary on either side."""
+
+    def decided(ta: list[float], tb: list[float]) -> bool:
+        lo, hi = paired_ratio(ta, tb, boot=400)["ci95"]
+        return hi < 1.0 - min_gain or lo > 1.0 - min_gain
+
+    return decided
 
 
 class MeasuredDecider:
@@ -309,7 +327,8 @@ class MeasuredDecider:
             separate, feeds = extract(model, cand, env)
             fused = fused_form(separate, cand.input.name, len(cand.members))
             ta, tb, same = time_pair(separate.SerializeToString(), fused.SerializeToString(), feeds,
-                                     self.providers, self.threads, budget_s=self.budget_s)
+                                     self.providers, self.threads, budget_s=self.budget_s,
+                                     decided=_conclusive(self.min_gain))
         except Exception as e:  # noqa: BLE001 - a candidate we cannot time is simply not fused
             logger.debug("cannot measure %s: %s", cand.name, e)
             return Decision(False, None, "measured", f"not measurable: {str(e).splitlines()[0][:200]}")
@@ -328,32 +347,38 @@ class MeasuredDecider:
 class CostModelDecider:
     """Decide without measuring, from shapes alone.
 
-    On ORT's CPU provider (MLAS), merging MatMul/Gemm pays when each member's weight is large
-    (>= `big_weight_bytes`: the input rows are then reused across a much wider output and
-    packing is amortised) and there are enough rows; merged 1x1/kxk Convs mostly lost to
-    the extra Split and NCHWc reorders, so Conv candidates are declined. Providers that launch
-    one kernel per node (CUDA, TensorRT, DirectML) gain from fewer launches: always merge.
+    Fitted to interleaved timings on ORT's CPU provider (MLAS, 2 threads, spinning off; see
+    tools/bench_fusion.py): merging MatMul/Gemm pays when the work per member is small, so the
+    per-op cost (dispatch to the thread pool, output allocation) dominates: few rows (batch x
+    sequence <= `max_rows`; 8-20% faster at 1-16 rows) or many narrow members (>= 4 of width
+    <= 64, e.g. per-head projections). With many rows the GEMMs are compute-bound and the
+    merged one was no faster (+-2%), sometimes slower (a 768x2304 weight: 9-17%). Merged Convs
+    never paid reliably (the Split breaks ORT's NCHWc chains), so Conv candidates are declined.
+    Providers that launch one kernel per node (CUDA, TensorRT, DirectML) gain from fewer
+    launches: always merge.
     """
 
-    def __init__(self, provider: str = "cpu", *, big_weight_bytes: int = 1 << 20, min_rows: int = 64):
+    def __init__(self, provider: str = "cpu", *, max_rows: int = 32, narrow: int = 64, many: int = 4):
         self.provider = (provider or "cpu").lower()
-        self.big_weight_bytes = big_weight_bytes
-        self.min_rows = min_rows
+        self.max_rows = max_rows
+        self.narrow = narrow
+        self.many = many
 
     def __call__(self, model: ir.Model, cand: Candidate) -> Decision:
         if self.provider not in ("cpu", "cpuexecutionprovider"):
             return Decision(True, None, "cost model", "accelerator: fewer kernel launches")
         if cand.kind == "Conv":
             return Decision(False, None, "cost model", "CPU: merged Conv + Split rarely pays (NCHWc reorders)")
-        dims, _ = concrete(cand.input.shape, {})
-        rows = math.prod(dims[:-1]) if dims else 0
-        itemsize = cand.input.dtype.itemsize if cand.input.dtype is not None else 4
-        w = list(cand.members[0].node.inputs[1].shape)
-        k = w[1] if cand.kind == "Gemm" and cand.key[2] else w[0]
-        weight = int(min(m.width for m in cand.members) * int(k) * itemsize)
-        if rows >= self.min_rows and weight >= self.big_weight_bytes:
-            return Decision(True, None, "cost model", f"rows {rows}, smallest weight {weight >> 10} KB")
-        return Decision(False, None, "cost model", f"rows {rows}, smallest weight {weight >> 10} KB: too small to pay")
+        dims, _ = concrete(cand.input.shape, _dim_env(model, None))
+        if cand.kind == "Gemm" and dims and cand.key[1]:  # transA: rows are the second dim
+            rows = dims[-1]
+        else:
+            rows = math.prod(dims[:-1]) if dims else None
+        if rows is not None and rows <= self.max_rows:
+            return Decision(True, None, "cost model", f"{rows} rows: per-op cost dominates")
+        if len(cand.members) >= self.many and max(cand.widths) <= self.narrow:
+            return Decision(True, None, "cost model", f"{len(cand.members)} members of width <= {self.narrow}")
+        return Decision(False, None, "cost model", f"{rows} rows: compute-bound, merging does not pay")
 
 
 class WholeModelGuard:
@@ -387,15 +412,17 @@ class WholeModelGuard:
         feeds = _whole_feeds(model, env)
         try:
             ta, tb, same = time_pair(separate.SerializeToString(), fused.SerializeToString(), feeds,
-                                     self.providers, self.threads, budget_s=self.budget_s, min_runs=5)
+                                     self.providers, self.threads, budget_s=self.budget_s, min_runs=5,
+                                     decided=_conclusive(0.0))
         except Exception as e:  # noqa: BLE001 - keep the subgraph verdicts if the whole model cannot run
             verdict = GuardVerdict(True, f"whole model not timed ({str(e).splitlines()[0][:160]})")
         else:
-            ratio = float(np.median(np.asarray(tb) / np.asarray(ta)))
-            keep = same and ratio < 1.0
+            stats = paired_ratio(ta, tb)
+            lo, hi = stats["ci95"]
+            keep = same and stats["median"] < 1.0
             why = "" if same else ", outputs differ"
-            verdict = GuardVerdict(keep, f"whole model {ratio:.3f}x over {len(ta)} paired runs{why}: "
-                                         f"{'kept' if keep else 'dropped'}")
+            verdict = GuardVerdict(keep, f"whole model {stats['median']:.3f}x (95% CI {lo:.3f}-{hi:.3f}) over "
+                                         f"{len(ta)} paired runs{why}: {'kept' if keep else 'dropped'}")
         self._seen[key] = verdict
         return verdict
 
