@@ -14,7 +14,7 @@ or rank-1 int/float vectors whose elements are numbers, symbols or unknown.
 
 from __future__ import annotations
 
-__all__ = ["Dims", "Vec", "infer_dims", "evaluate"]
+__all__ = ["Dims", "Vec", "infer_dims", "evaluate", "evaluate_model", "UNNAMED_PREFIX"]
 
 import dataclasses
 import logging
@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 Dim = int | str | None
 _BIG_BYTES = 1024
+UNNAMED_PREFIX = "__graphopt_dim:"  # private names of unnamed input dims, only inside infer_dims
 _MAX_VEC = 1024
 
 
@@ -65,8 +66,9 @@ def _dims_of_type(tp: onnx.TypeProto) -> tuple[Dim, ...] | None:
 def _declared(model: ir.Model) -> dict[str, tuple[Dim, ...]]:
     found = {}
     for v in model.graph.inputs:
-        if v.shape is not None and v.name:
-            found[v.name] = tuple(d if isinstance(d, int) else (d.value or None) for d in v.shape)
+        if v.shape is not None and v.name and not v.is_initializer():
+            found[v.name] = tuple(d if isinstance(d, int) else (d.value or f"{UNNAMED_PREFIX}{v.name}:{i}")
+                                  for i, d in enumerate(v.shape))
     return found
 
 
@@ -90,11 +92,14 @@ def infer_dims(model: ir.Model) -> Dims:
             graph.inputs.append(init)
         proto = ir.serde.serialize_model(model)
     finally:
+        kept = list(graph.inputs[:n_inputs])
+        graph.inputs.clear()  # clear + extend: `del inputs[i:]` leaves values flagged as graph inputs
+        graph.inputs.extend(kept)
         for init, tensor in stripped:
             init.const_value = tensor
             graph.register_initializer(init)
-        del graph.inputs[n_inputs:]
     _strip_annotations(proto.graph)
+    _name_unnamed_input_dims(proto.graph)
     try:
         inferred = onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False, data_prop=True)
     except Exception as e:  # noqa: BLE001 - onnx raises several types; shapes are then only what inputs declare
@@ -125,6 +130,17 @@ def _graphs(graph: onnx.GraphProto):
             elif attr.type == onnx.AttributeProto.GRAPHS:
                 for g in attr.graphs:
                     yield from _graphs(g)
+
+
+def _name_unnamed_input_dims(graph: onnx.GraphProto) -> None:
+    """Give each unnamed dynamic input dim a private name in the copy, so that inference carries
+    it and equal dims can be recognized (`Shape(x)[0]` is x's dim 0). Never written to the model."""
+    for value in graph.input:
+        if not value.type.HasField("tensor_type"):
+            continue
+        for i, d in enumerate(value.type.tensor_type.shape.dim):
+            if not d.HasField("dim_value") and not d.dim_param:
+                d.dim_param = f"{UNNAMED_PREFIX}{value.name}:{i}"
 
 
 def _strip_annotations(graph: onnx.GraphProto) -> None:
@@ -348,6 +364,18 @@ def _evaluate(node: ir.Node, env, dims: Dims, opset: int) -> Vec | None:
                 else (b.elems if b.size == n else b.elems * n)[i] for i in range(n)]
         return Vec(a.dtype, max(c.rank, a.rank, b.rank), pick)
     return None
+
+
+def evaluate_model(model: ir.Model, dims: Dims, opset: int) -> dict[int, Vec]:
+    """Vecs of every shape-like value of the main graph and its bodies (keyed by id(value));
+    custom-domain nodes are opaque."""
+    env: dict[int, Vec] = {}
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        if node.domain in ("", "ai.onnx"):
+            for out, vec in zip(node.outputs, evaluate(node, env, dims, opset)):
+                if vec is not None:
+                    env[id(out)] = vec
+    return env
 
 
 def _slice(node: ir.Node, env, opset: int) -> Vec | None:

@@ -69,6 +69,12 @@ _SPECS += [
     PassSpec("fold_shapes", _lazy("fold_shapes", "FoldShapesPass"),
              "Fold Shape/Size arithmetic of static dims; give Reshape constant shapes (0 copies a symbolic "
              "dim, -1 infers one): symbolic dims stay symbolic."),
+    PassSpec("unflatten_matmul", _lazy("unflatten_matmul", "UnflattenMatMulPass"),
+             "Turn Reshape/Flatten -> MatMul/Gemm -> Reshape (tf2onnx Tensordot, MXNet Dense) into one "
+             "MatMul over the leading dims, so ORT can fuse what follows."),
+    PassSpec("recompose_ops", _lazy("recompose_ops", "RecomposeOpsPass"),
+             "Re-compose decomposed LayerNorm, Gelu, HardSigmoid/HardSwish, Softplus, Mish into the ONNX op "
+             "(or, before the op's opset, the form ORT fuses)."),
     PassSpec("set_input_shapes", _lazy("input_shapes", "SetInputShapesPass", shapes=lambda o: o.shapes),
              "Fix the input dims given with --shape in the model (runs first whenever --shape is given)."),
     PassSpec("upgrade_opset", _lazy("upgrade_opset", "UpgradeOpsetPass", target=lambda o: o.target_opset),
@@ -97,12 +103,16 @@ DEFAULT_LEVEL = 2
 # longer inputs; shape arithmetic folds after constant folding.
 _PLACE = [("training_leftovers", "before", "drop_initializer_inputs"),
           ("lift_constants", "after", "drop_initializer_inputs"),
-          ("fold_shapes", "after", "fold_constants")]
+          ("fold_shapes", "after", "fold_constants"),
+          ("unflatten_matmul", "after", "fold_shapes")]
+# Fusions: level 2 and up (after shape inference, so patterns see ranks and types).
+_PLACE_FUSION = [("recompose_ops", "after", "infer_shapes")]
 
 
 def _placed(names: list[str]) -> list[str]:
     names = list(names)
-    for new, where, anchor in _PLACE:
+    fusion = "fold_batchnorm" in names
+    for new, where, anchor in _PLACE + (_PLACE_FUSION if fusion else []):
         if names and anchor in names and new not in names:
             names.insert(names.index(anchor) + (where == "after"), new)
     return names

@@ -201,3 +201,20 @@ def test_graph_output_shape_keeps_its_producer():
     """)
     before, result = _fold(model)
     assert ops(model) == ["Shape"] and not result.modified
+
+
+def test_weights_stay_constants_after_shape_inference():
+    """The pass infers shapes on a copy that turns large initializers into inputs; they must not stay inputs."""
+    weights = ", ".join(["0.5"] * 600)  # over the 1 KiB stripping threshold
+    model = parse(f"""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[batch,600] x) => (float[batch,600] y) <float[600] w = {{{weights}}}> {{
+            s = Shape(x)
+            t = Add(x, w)
+            y = Reshape(t, s)
+        }}
+    """)
+    w = model.graph.initializers["w"]
+    FoldShapesPass()(model)
+    assert not w.is_graph_input() and w.const_value is not None
+    assert [v.name for v in model.graph.inputs] == ["x"]
