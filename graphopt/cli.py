@@ -268,6 +268,46 @@ def list_passes() -> None:
     _out.print(table)
 
 
+@app.command()
+def build(
+    config: Optional[pathlib.Path] = typer.Option(
+        None, "--config", "-c", help="Config file [default: ./graphopt.toml, else tool.graphopt in ./pyproject.toml]."),
+    only: Optional[list[str]] = typer.Option(None, "--only", help="Build only this model: NAME or NAME/STEM (repeatable)."),
+    jobs: int = typer.Option(1, "--jobs", "-j", min=0, help="Models optimized in parallel processes (0: one per CPU)."),
+    check: bool = typer.Option(False, "--check", help="Write nothing; exit 1 naming the outputs that are stale."),
+    force: bool = typer.Option(False, "--force", help="Rebuild every selected output, even if up to date."),
+    fail_fast: bool = typer.Option(False, "--fail-fast", help="Start no further model after one fails."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="Override a setting for every model: KEY=VALUE (repeatable)."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
+    report_file: Optional[pathlib.Path] = typer.Option(None, "--report", help="Also write the build report (.json or .md)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress and no table: only problems, on stderr."),
+) -> None:
+    """Optimize every model in graphopt.toml whose source, settings or graphopt version changed."""
+    import contextlib
+    import json
+
+    from graphopt.build import build as run_build
+    from graphopt.buildview import LiveProgress, render_build, write_report
+
+    live = LiveProgress(_err) if not quiet and _out.is_terminal and _err.is_terminal else None
+    try:
+        with live or contextlib.nullcontext():
+            result = run_build(config, only=only, jobs=jobs, check=check, force=force, fail_fast=fail_fast,
+                               overrides=set_, progress=live)
+    except GraphoptError as e:
+        if json_out:
+            print(json.dumps({"exit_code": e.exit_code, "error": str(e)}))
+        raise
+    if json_out:
+        print(result.to_json())
+    else:
+        render_build(result, _out, _err, quiet=quiet, debug=_debug)
+    if report_file:
+        write_report(result, report_file)
+    if result.exit_code:
+        raise typer.Exit(result.exit_code)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: maps errors to one line and an exit code."""
     import onnx_ir as ir
@@ -305,7 +345,9 @@ def _first_line(e: BaseException) -> str:
 def _fail(message: str, code: int, exc: BaseException | None = None) -> None:
     if _debug and exc is not None:
         _err.print_exception()
-    _err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    from rich.markup import escape  # messages name TOML tables and globs: [models.x], [ab].onnx
+
+    _err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
     sys.exit(code)
 
 
