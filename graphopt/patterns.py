@@ -437,12 +437,16 @@ def fold_output_channel_affine(node: ir.Node, scale, shift, taken: set[str], tag
         else:
             mult = alg.reshape(w_scale, layout) if isinstance(w_scale, ir.Value) else w_scale
             new_w = alg.mul(w, mult)
-        node.replace_input_with(1, alg.value(new_w, f"{w.name}_{tag}"))
+        w_value = alg.value(new_w, f"{w.name}_{tag}")
+        if w_value.shape is None and w_shape is not None:  # keep the weight's shape known to later folds
+            w_value.shape, w_value.dtype = ir.Shape(w_shape), dtype
+        node.replace_input_with(1, w_value)
     result = node.outputs[0]
     if new_b is not None:
         b_value = alg.value(new_b, f"{(bias or w).name}_{tag}_bias")
         if to_gemm:
-            result = ir.Value(name=fresh_name(taken, f"{node.outputs[0].name}_gemm"))
+            result = ir.Value(name=fresh_name(taken, f"{node.outputs[0].name}_gemm"),
+                              shape=node.outputs[0].shape and node.outputs[0].shape.copy(), type=node.outputs[0].type)
             gemm = ir.node("Gemm", [x, node.inputs[1], b_value], outputs=[result], name=fresh_name(taken, f"{tag}_Gemm"))
             gemm.metadata_props["pkg.graphopt.pass"] = tag
             alg.nodes.append(gemm)
