@@ -16,7 +16,9 @@ What is measured, and how:
    kernel's peak-RSS mark (Linux `VmHWM`, reset through `/proc/self/clear_refs` just before
    session creation; elsewhere `ru_maxrss`) minus the RSS before creation, over session
    creation plus `memory_runs` runs; i.e. weights, ORT's arenas and activations, not the
-   Python interpreter. ORT's own arena peak (from its profiler) is reported beside it.
+   Python interpreter. It varies by a few percent with thread scheduling (per-thread
+   buffers), so it is the median of `memory_repeats` subprocesses, with the range kept.
+   ORT's own arena peak (from its profiler) is reported beside it.
 6. **Placement**: one profiled run per model (a separate session, never timed) records the
    execution provider of every node ORT ran; `session.get_providers()` lists what the
    session registered. With a non-CPU provider, nodes it cannot take fall back to CPU, and
@@ -82,7 +84,7 @@ _ORT_LEVELS = {
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
 MEMORY_METHOD = ("fresh subprocess per model: peak RSS (VmHWM reset before session creation) "
-                 "minus RSS before creation, over creation + runs")
+                 "minus RSS before creation, over creation + runs; median of repeats")
 
 
 class ProviderError(GraphoptError):
@@ -449,6 +451,18 @@ def _memory(path: str, providers: list[str], threads: int | None, ort_level: str
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def _memory_median(samples: list[dict]) -> dict:
+    """The sample with the median peak (the peak varies by a few % with thread scheduling), and the range."""
+    good = [m for m in samples if m.get("peak_bytes") is not None]
+    if not good:
+        return samples[0]
+    good.sort(key=lambda m: m["peak_bytes"])
+    chosen = dict(good[len(good) // 2])
+    chosen["peak_range_bytes"] = [good[0]["peak_bytes"], good[-1]["peak_bytes"]]
+    chosen["repeats"] = len(good)
+    return chosen
+
+
 # ----------------------------------------------------------------------------- the benchmark
 
 
@@ -472,6 +486,7 @@ def bench(
     init_repeats: int = 3,
     memory: bool = True,
     memory_runs: int = 3,
+    memory_repeats: int = 3,
     placement: bool = True,
     ort_level: str = "all",
     spin: bool = False,
@@ -557,7 +572,8 @@ def bench(
             if memory:
                 feeds_path = workdir / f"feeds{i}.npz"
                 np.savez(feeds_path, **feeds[i])
-                mem = _memory(path, providers, threads, ort_level, str(feeds_path), memory_runs, spin)
+                mem = _memory_median([_memory(path, providers, threads, ort_level, str(feeds_path), memory_runs, spin)
+                                      for _ in range(memory_repeats)])
                 if mem.get("error"):
                     warnings.append(f"{name}: memory not measured ({mem['error']})")
             where, arena = ({}, None)

@@ -18,7 +18,8 @@ Cases:
 3. Gemm members: same transA, transB, alpha and beta, constant B, C absent or a constant
    vector (broadcast); split on axis 1.
 4. A following element-wise activation with the same op, attributes and constant operands on
-   every member (Relu, Clip, Gelu, ...) is applied once, before the Split.
+   every member (Relu, Clip, Gelu, ...) is applied once, before the Split. (PRelu is not
+   shared: its slope is per channel and would need stacking too.)
 5. A Concat on the split axis that takes all the pieces, consecutively and in order, takes
    the merged tensor instead; the Split goes when nothing else uses it.
 6. Weights that are the output of a constant subgraph (ConstantOfShape in the onnx zoo's
@@ -38,7 +39,7 @@ kept: a member's last value is replaced by the matching Split output, which take
 from __future__ import annotations
 
 __all__ = ["FuseParallelPass", "FuseParallelResult", "Candidate", "Member", "find_candidates", "apply_candidate",
-           "PROVENANCE_KEY"]
+           "apply_all", "PROVENANCE_KEY"]
 
 import dataclasses
 import logging
@@ -53,7 +54,9 @@ from passes.fuse_parallel_rewrite import PROVENANCE_KEY, apply_candidate, bias_v
 logger = logging.getLogger(__name__)
 
 ELEMENTWISE = {"Relu", "LeakyRelu", "Sigmoid", "Tanh", "Clip", "Gelu", "Erf", "Elu", "Selu", "Softplus",
-               "Softsign", "HardSigmoid", "HardSwish", "Mish", "PRelu", "Exp", "Neg", "Abs", "ThresholdedRelu"}
+               "Softsign", "HardSigmoid", "HardSwish", "Mish", "Exp", "Neg", "Abs", "ThresholdedRelu"}
+_NOT_CONSTANT = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial",
+                 "Bernoulli", "If", "Loop", "Scan"}
 _MAX_CONST_NODES = 16  # a weight computed by a bigger constant subgraph is not worth chasing
 
 
@@ -108,7 +111,7 @@ def _const_nodes(value: ir.Value | None, depth: int = 0) -> list[ir.Node] | None
     if value.const_value is not None:
         return []
     node = value.producer()
-    if node is None or not is_default_domain(node) or node.op_type.startswith("Random"):
+    if node is None or not is_default_domain(node) or node.op_type in _NOT_CONSTANT:
         return None
     nodes: list[ir.Node] = []
     for inp in node.inputs:
@@ -206,8 +209,6 @@ def _attach_tail(member: Member, kind: str) -> tuple:
             user = _single_user(value)
     if user is None or user.op_type not in ELEMENTWISE or not is_default_domain(user) or user.inputs[0] is not value:
         return ()
-    if user.op_type == "PRelu":
-        return ()  # its slope is per channel: it would need stacking too
     extra = []
     for inp in user.inputs[1:]:
         array = constant_array(inp) if inp is not None else None
@@ -222,6 +223,7 @@ def _attach_tail(member: Member, kind: str) -> tuple:
 def find_candidates(graph: ir.Graph) -> list[Candidate]:
     """Groups of two or more mergeable nodes per read tensor, in graph order."""
     values = [*graph.inputs, *(out for node in graph for out in node.outputs)]
+    order = {id(n): i for i, n in enumerate(graph)}
     candidates = []
     for x in values:
         groups: dict[tuple, list[Member]] = {}
@@ -239,7 +241,6 @@ def find_candidates(graph: ir.Graph) -> list[Candidate]:
         for key, members in groups.items():
             if len(members) < 2:
                 continue
-            order = {id(n): i for i, n in enumerate(graph)}
             members.sort(key=lambda m: order[id(m.node)])
             kind = key[0]
             candidates.append(Candidate(kind, x, members, 1 if kind != "MatMul" else -1, key))
@@ -294,12 +295,10 @@ class FuseParallelPass(ir.passes.InPlacePass):
                 for c in accepted:
                     entries[id(c)]["decision"] = "rejected (whole model not faster)"
                 accepted = []
-        taken = _all_names(model)
-        for cand in accepted:
-            for key, n in apply_candidate(model, cand, lambda b: _fresh(taken, b)).items():
-                counters[key] += n
-            logger.debug("fused %s", cand.name)
-        counters["rejected"] = sum(1 for c in new if c not in accepted)
+        for key, n in apply_all(model, [c.name for c in accepted]).items():
+            counters[key] += n
+        fused = {id(c) for c in accepted}
+        counters["rejected"] = sum(1 for c in new if id(c) not in fused)
         self._counted.update(c.name for c in candidates)
         self._record(list(entries.values()))
         if accepted:
@@ -317,13 +316,20 @@ class FuseParallelPass(ir.passes.InPlacePass):
                 self.log[i] = entry
 
 
-def _all_names(model: ir.Model) -> set[str]:
-    from graphopt.patterns import model_names
+def apply_all(model: ir.Model, names: list[str]) -> dict[str, int]:
+    """Apply the candidates called `names`, in order. Candidates are found again after each
+    rewrite: one candidate's input may be another's result, which the rewrite replaced by a Split
+    output (that keeps the name, so the candidate's name still finds it)."""
+    from graphopt.patterns import fresh_name, model_names
 
-    return model_names(model)
-
-
-def _fresh(taken: set[str], base: str) -> str:
-    from graphopt.patterns import fresh_name
-
-    return fresh_name(taken, base)
+    taken = model_names(model)
+    counters: dict[str, int] = {}
+    for name in names:
+        cand = next((c for c in find_candidates(model.graph) if c.name == name), None)
+        if cand is None:
+            logger.debug("candidate %s no longer found", name)
+            continue
+        for key, n in apply_candidate(model, cand, lambda base: fresh_name(taken, base)).items():
+            counters[key] = counters.get(key, 0) + n
+        logger.debug("fused %s", name)
+    return counters

@@ -40,7 +40,7 @@ import onnx_ir as ir
 from collections.abc import Callable
 
 from graphopt.bench import create_session, paired_ratio, resolve_provider, session_options, time_interleaved
-from passes.fuse_parallel import Candidate, _const_nodes, apply_candidate, find_candidates
+from passes.fuse_parallel import Candidate, _const_nodes, apply_all, apply_candidate, find_candidates
 
 logger = logging.getLogger(__name__)
 
@@ -396,17 +396,13 @@ class WholeModelGuard:
 
         if model_size_bytes(model) > _GUARD_LIMIT_BYTES:
             return GuardVerdict(True, "whole model not timed (over 1.5 GB)")
-        all_cands = find_candidates(model.graph)
-        index = [i for i, c in enumerate(all_cands) if any(c.input is a.input and c.key == a.key for a in accepted)]
-        key = (id(model), tuple((all_cands[i].input.name, all_cands[i].key) for i in index))
+        names = tuple(c.name for c in accepted)
+        key = (id(model), names)
         if key in self._seen:
             return self._seen[key]
         separate = ir.serde.serialize_model(model)
         copy = ir.serde.deserialize_model(separate)
-        copy_cands = find_candidates(copy.graph)
-        taken = {v.name for n in copy.graph for v in n.outputs} | set(copy.graph.initializers)
-        for i in index:
-            apply_candidate(copy, copy_cands[i], lambda b: _fresh(taken, b))
+        apply_all(copy, list(names))
         fused = ir.serde.serialize_model(copy)
         env = _dim_env(model, self.shapes)
         feeds = _whole_feeds(model, env)
@@ -441,12 +437,3 @@ def _whole_feeds(model: ir.Model, env: dict[str, int]) -> dict[str, np.ndarray]:
         else:
             feeds[value.name] = rng.integers(0, 2, size=dims).astype(dtype)
     return feeds
-
-
-def _fresh(taken: set[str], base: str) -> str:
-    name, i = base, 0
-    while name in taken:
-        i += 1
-        name = f"{base}_{i}"
-    taken.add(name)
-    return name

@@ -193,7 +193,10 @@ def test_reports_html_with_embedded_plots_and_markdown(result, tmp_path):
 
 
 def test_reports_without_matplotlib_say_so(result, tmp_path, monkeypatch):
-    monkeypatch.setattr(cmp, "plots", lambda r: None)
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    assert cmp.plots(result) is None and not cmp.plots_available()
     text = cmp.write_report(result, tmp_path / "r.html")[0].read_text()
     assert "matplotlib is not installed" in text and "data:image/png" not in text
     files = cmp.write_report(result, tmp_path / "r.md")

@@ -204,12 +204,12 @@ def main() -> None:
               f"{r['p50_ms'][0]:.2f} | {r['p50_ms'][1]:.2f} | {r['paired']:.3f} | {r['ci95'][0]:.3f}-{r['ci95'][1]:.3f}"
               f" | {r['memory_ratio'] and round(r['memory_ratio'], 3)} | {verdict(r)} |")
     print("\ncandidates (measured on this machine; cost model = what --no-measure decides):")
-    print("| model | candidate | input shape | gain | decision | cost model | evidence |")
-    print("|---|---|---|---:|---|---|---|")
+    print("| model | candidate | gain | decision | cost model | evidence |")
+    print("|---|---|---:|---|---|---|")
     for r in rows:
         for c in r["candidate_list"]:
             gain = "-" if c.get("gain") is None else f"{c['gain'] * 100:+.1f}%"
-            print(f"| {r['model']} | {c['candidate']} | {c.get('input_shape')} | {gain} | {c['decision']} | "
+            print(f"| {r['model']} | {c['candidate']} | {gain} | {c['decision']} | "
                   f"{c['cost_model']} | {c.get('detail', '')} {c.get('whole_model', '')} |")
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps(rows, indent=2, default=str))

@@ -184,6 +184,21 @@ def test_graph_output_member_keeps_its_name_and_activation_is_not_shared():
     assert_equivalent(before, model)
 
 
+def test_a_candidate_reading_another_candidates_result():
+    """x -> conv0, conv1 (one candidate); relu0 -> conv2, conv3 (a second one, reading a piece of the first)."""
+    rng = np.random.default_rng(5)
+    inits = {f"w{i}": rng.standard_normal((4, 4, 1, 1)).astype(np.float32) for i in range(4)}
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["c0"]), helper.make_node("Relu", ["c0"], ["r0"]),
+             helper.make_node("Conv", ["x", "w1"], ["c1"]), helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r0", "w2"], ["y2"]), helper.make_node("Conv", ["r0", "w3"], ["y3"])]
+    model = _model(nodes, [helper.make_tensor_value_info("x", FLOAT, [1, 4, 8, 8])],
+                   [helper.make_tensor_value_info(n, FLOAT, None) for n in ("r1", "y2", "y3")], inits)
+    before = copy(model)
+    result = FuseParallelPass(always)(model)
+    assert result.counters["fused_groups"] == 2 and ops(model).count("Conv") == 2
+    assert_equivalent(before, model)
+
+
 def test_weights_from_constant_subgraphs_are_stacked_by_a_concat():
     """Like the onnx zoo's Inception exports: weights are ConstantOfShape outputs."""
     nodes, inits = [], {}
