@@ -79,6 +79,18 @@ def optimize(
     measure: bool = True,
     bench: bool = False,
     bench_runs: int = 30,
+    quantize: str | None = None,
+    calibration=None,
+    eval=None,  # noqa: A002 - the public name mirrors --eval
+    max_accuracy_drop: float | None = None,
+    calibration_method: str = "minmax",
+    calibration_samples: int | None = None,
+    preprocess: str | None = None,
+    keep_io_types: bool = True,
+    int8_scheme: str = "auto",
+    keep_float: Sequence[str] = (),
+    eval_output: str | None = None,
+    quantize_measure: bool = True,
     progress: Callable[[str], None] | None = None,
 ) -> OptimizeResult:
     """Optimize a model (path, onnx.ModelProto or ir.Model); the source is never modified.
@@ -87,6 +99,10 @@ def optimize(
     `passes` replaces it with an explicit list and `skip` removes names from either.
     With `verify`, the result is run against the original in ONNX Runtime; the verdict
     is in `result.report.verification` (the caller decides whether a failure is fatal).
+    With `quantize` ("int8", "int8-dynamic", "fp16") a lossy stage runs after the lossless
+    pipeline and its verification: `calibration` and `eval` data (.npz, folder, dict or
+    "random"), `max_accuracy_drop` in points (layers go back to float until it holds, else
+    BudgetError), figures in `result.report.sections["quantization"]`.
     `provider`/`threads` are the ORT target that measuring passes (level 3's fuse_parallel)
     time candidates on, `measure=False` gives them a cost model instead; with `bench`, the
     original and optimized models are timed side by side on that target and the ratios go
@@ -136,6 +152,14 @@ def optimize(
     if verification is not None and verification.status == "skipped":
         warnings.append(f"not verified: {verification.reason}")
     warnings += _training_warnings(result.stats, inference)
+    lossy_section = None
+    if quantize:
+        working, after, file_after, lossy_section = _lossy_stage(
+            working, after, file_after, verification, warnings, progress, mode=quantize, calibration=calibration,
+            eval=eval, max_accuracy_drop=max_accuracy_drop, calibration_method=calibration_method,
+            calibration_samples=calibration_samples, preprocess=preprocess, keep_io_types=keep_io_types,
+            int8_scheme=int8_scheme, keep_float=tuple(keep_float), eval_output=eval_output, shapes=shapes,
+            measure=quantize_measure)
     bench_section = None
     if bench:  # the final model (after any lossy stage) against the original, on the target provider
         if progress:
@@ -148,11 +172,13 @@ def optimize(
         verification=verification, seconds=time.perf_counter() - start, warnings=warnings,
     )
     if options.extra.get("fuse_parallel"):  # every horizontal-fusion candidate, its gain and verdict
-        keys = ("decision", "gain", "ms_separate", "ms_fused", "method", "detail", "whole_model")
-        report.sections["fuse_parallel"] = {c["candidate"]: {k: c[k] for k in keys if c.get(k) is not None}
-                                            for c in options.extra["fuse_parallel"]}
+        report.sections["fuse_parallel"] = {
+            c["candidate"]: {k: v for k, v in c.items() if k not in ("candidate", "kind", "input") and v is not None}
+            for c in options.extra["fuse_parallel"]}
     if bench_section is not None:
         report.sections["bench"] = bench_section
+    if lossy_section is not None:
+        report.sections["quantization"] = lossy_section
     return OptimizeResult(working, report, protect)
 
 
@@ -203,6 +229,24 @@ def _training_warnings(stats, inference: bool) -> list[str]:
     note = f" ({kept} BatchNormalization kept: their batch statistics are used)" if kept else ""
     return [f"--inference converted {what} to inference form{note}; verified against the original converted "
             "the same way"]
+
+
+def _lossy_stage(working: ir.Model, after: dict, file_after: int | None, verification, warnings: list[str], progress,
+                 **settings):
+    """Quantize or convert to fp16 after the lossless pipeline; returns (model, after, file bytes, section)."""
+    from passes.quantize_stage import LossyOptions, run_lossy
+
+    if verification is not None and verification.status == "failed":
+        warnings.append(f"--quantize {settings['mode']} skipped: the lossless result failed verification")
+        return working, after, file_after, None
+    if progress:
+        progress(f"quantize {settings['mode']}")
+    lossy = run_lossy(working, LossyOptions(**settings), progress=progress)
+    warnings.extend(lossy.warnings)
+    with tempfile.TemporaryDirectory(prefix="graphopt-lossy-") as tmp:
+        written = io.save(lossy.model, pathlib.Path(tmp) / "lossy.onnx")
+        size = sum(p.stat().st_size for p in written)
+    return lossy.model, analyze(lossy.model), size, lossy.section
 
 
 def inspect(model) -> dict:

@@ -76,6 +76,28 @@ def optimize(
     measure: bool = typer.Option(True, "--measure/--no-measure",
                                  help="Level 3: time each fusion candidate in ORT, or use the cost model."),
     bench: bool = typer.Option(False, "--bench", help="Time original vs optimized in ORT; ratios go to the report."),
+    quantize: Optional[str] = typer.Option(None, "--quantize", "-q",
+                                           help="Lossy stage after the lossless passes: int8 | int8-dynamic | fp16."),
+    calibration: Optional[str] = typer.Option(None, "--calibration",
+                                              help="int8 calibration data: .npz (one array per input), folder of "
+                                                   ".npy/.npz/images, or 'random[:N]' (smoke tests only)."),
+    eval_data: Optional[str] = typer.Option(None, "--eval",
+                                            help="Evaluation data (.npz/folder); with 'labels': top-1 accuracy, "
+                                                 "else agreement with the float model."),
+    max_accuracy_drop: Optional[float] = typer.Option(None, "--max-accuracy-drop",
+                                                      help="Budget in points (top-1 or agreement): layers go back "
+                                                           "to float until it holds; exit 1 if it cannot."),
+    calibration_method: str = typer.Option("minmax", "--calibration-method", help="minmax | percentile | entropy."),
+    calibration_samples: Optional[int] = typer.Option(None, "--calibration-samples", help="Use the first N samples."),
+    preprocess: Optional[str] = typer.Option(None, "--preprocess",
+                                             help="Image folders: resize=256,crop=224,mean=a/b/c,std=a/b/c,"
+                                                  "layout=nchw,color=rgb."),
+    keep_io_types: bool = typer.Option(True, "--keep-io-types/--no-keep-io-types",
+                                       help="fp16: keep float32 graph inputs and outputs."),
+    int8_scheme: str = typer.Option("auto", "--int8-scheme",
+                                    help="auto | u8s8 | u8s8-reduced | u8u8 | s8s8 (auto picks for this CPU)."),
+    keep_float: Optional[str] = typer.Option(None, "--keep-float", help="Node names never quantized (comma-separated)."),
+    eval_output: Optional[str] = typer.Option(None, "--eval-output", help="Graph output scored [first output]."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
     report_file: Optional[pathlib.Path] = typer.Option(None, "--report", help="Also write the report (.json or .md)."),
 ) -> None:
@@ -86,7 +108,10 @@ def optimize(
     out_path = output or _default_output(model)
     if model.exists() and out_path.resolve() == model.resolve():
         raise UsageError(f"{out_path}: output would overwrite the input; choose another path with -o")
-    result = run_optimize(model, level=level, passes=_csv(passes), skip=_csv(skip) or (), outputs=_csv(outputs),
+    lossy = _lossy_kwargs(quantize, calibration, eval_data, max_accuracy_drop, calibration_method,
+                          calibration_samples, preprocess, keep_io_types, int8_scheme, keep_float, eval_output)
+    result = run_optimize(model, **lossy,
+                          level=level, passes=_csv(passes), skip=_csv(skip) or (), outputs=_csv(outputs),
                           shapes=_shapes(shape), inputs=inputs, verify=verify, rtol=rtol, atol=atol,
                           fold_limit_mb=fold_limit, keep_initializer_inputs=keep_initializer_inputs,
                           inference=inference, target_opset=target_opset,
@@ -106,6 +131,20 @@ def optimize(
         report_file.write_text(text)
     if failed:
         raise typer.Exit(1)
+
+
+def _lossy_kwargs(quantize, calibration, eval_data, max_accuracy_drop, method, samples, preprocess, keep_io_types,
+                  scheme, keep_float, eval_output) -> dict:
+    """optimize() keywords of the lossy stage; data paths stay strings ('random' is not a file)."""
+    if quantize is None:
+        for flag, value in (("--calibration", calibration), ("--eval", eval_data),
+                            ("--max-accuracy-drop", max_accuracy_drop)):
+            if value is not None:
+                raise UsageError(f"{flag} needs --quantize int8|int8-dynamic|fp16")
+    return dict(quantize=quantize, calibration=calibration, eval=eval_data, max_accuracy_drop=max_accuracy_drop,
+                calibration_method=method, calibration_samples=samples, preprocess=preprocess,
+                keep_io_types=keep_io_types, int8_scheme=scheme, keep_float=_csv(keep_float) or (),
+                eval_output=eval_output)
 
 
 @app.command()

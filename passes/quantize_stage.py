@@ -1,0 +1,219 @@
+"""The lossy stage of `graphopt.optimize`: INT8 (static QDQ or dynamic) or FP16 after the
+lossless pipeline, scored on data, held to an accuracy budget, measured in ONNX Runtime.
+
+1. Prepare: unique node names, shape annotations, BatchNormalization folded (the
+   lossless level 2 already does it; a level 0/1 run gets it here, since int8 around an
+   unfolded BN is slow and loses accuracy).
+2. Load calibration data (static int8 only) and evaluation data (`--eval`; without it the
+   calibration data is used and the report says so).
+3. Build with every layer decision applied; score against the float model; if the drop
+   exceeds `--max-accuracy-drop`, `graphopt.accuracy.fit_budget` keeps the most sensitive
+   layers in float until it holds, or raises `BudgetError` with the best it found.
+4. Report: accuracy before/after, layers kept float and what each costs, file size,
+   latency and memory side by side with the float model (`graphopt.bench`), and the
+   kernels ORT actually runs (so a QDQ pair ORT could not fuse shows up as a float op).
+"""
+
+from __future__ import annotations
+
+__all__ = ["LossyOptions", "LossyResult", "MODES", "run_lossy"]
+
+import collections
+import dataclasses
+import logging
+import math
+from collections.abc import Callable, Sequence
+
+import onnx_ir as ir
+from onnx_ir.passes.common import NameFixPass, ShapeInferencePass
+
+from graphopt.accuracy import Evaluator, fit_budget
+from graphopt.calibrate import RANGE_METHODS, Dataset, load_data
+from graphopt.errors import UsageError
+
+logger = logging.getLogger(__name__)
+
+MODES = ("int8", "int8-dynamic", "fp16")
+
+
+@dataclasses.dataclass
+class LossyOptions:
+    mode: str
+    calibration: object = None  # path, dict, Dataset or "random[:N]"
+    eval: object = None
+    max_accuracy_drop: float | None = None
+    calibration_method: str = "minmax"
+    percentile: float = 99.999
+    calibration_samples: int | None = None
+    preprocess: str | None = None
+    keep_io_types: bool = True
+    int8_scheme: str = "auto"
+    keep_float: Sequence[str] = ()
+    eval_output: str | None = None
+    shapes: dict | None = None
+    measure: bool = True  # latency and memory against the float model
+    provider: str = "cpu"
+    threads: int | None = None
+    bench_runs: int = 20
+
+
+@dataclasses.dataclass
+class LossyResult:
+    model: ir.Model
+    section: dict
+    warnings: list[str]
+
+
+def _check_options(options: LossyOptions) -> None:
+    if options.mode not in MODES:
+        raise UsageError(f"--quantize {options.mode!r}: choose one of {', '.join(MODES)}")
+    if options.calibration_method not in RANGE_METHODS:
+        raise UsageError(f"--calibration-method {options.calibration_method!r}: choose one of "
+                         f"{', '.join(RANGE_METHODS)}")
+    if options.max_accuracy_drop is not None and not options.max_accuracy_drop >= 0:
+        raise UsageError(f"--max-accuracy-drop {options.max_accuracy_drop}: give points >= 0 (0.5 = half a point)")
+    if options.mode == "int8" and options.calibration is None:
+        raise UsageError("--quantize int8 needs --calibration DATA (an .npz with one array per input, a folder of "
+                         ".npy/.npz/images, or 'random' for a smoke test)")
+
+
+def prepare(model: ir.Model, warnings: list[str]) -> None:
+    """Unique node names, shapes, and BatchNormalization folded (step 1)."""
+    NameFixPass()(model)
+    try:
+        ShapeInferencePass(data_prop=False)(model)
+    except Exception as e:  # noqa: BLE001 - shapes only sharpen the report; the passes work without
+        logger.warning("shape inference failed before quantization: %s", e)
+    if any(n.op_type == "BatchNormalization" for n in model.graph):
+        try:
+            from passes.fold_batchnorm import FoldBatchNormPass
+        except ImportError:
+            warnings.append("BatchNormalization left unfolded (fold_batchnorm unavailable): its layers stay slow")
+            return
+        FoldBatchNormPass()(model)
+        left = sum(1 for n in model.graph if n.op_type == "BatchNormalization")
+        if left:
+            warnings.append(f"{left} BatchNormalization node(s) could not be folded; they run in float")
+
+
+def run_lossy(model: ir.Model, options: LossyOptions, progress: Callable[[str], None] | None = None) -> LossyResult:
+    """Apply the lossy mode to `model` (not modified; a new model is returned)."""
+    _check_options(options)
+    warnings: list[str] = []
+    model = model.clone()
+    prepare(model, warnings)
+    note = progress or (lambda message: None)
+    calib = None
+    if options.calibration is not None:
+        note("calibration data")
+        calib = load_data(options.calibration, model, purpose="calibration", preprocess=options.preprocess,
+                          limit=options.calibration_samples, shapes=options.shapes)
+        warnings += calib.notes
+    evaluation = None
+    if options.eval is not None:
+        evaluation = load_data(options.eval, model, purpose="evaluation", preprocess=options.preprocess,
+                               shapes=options.shapes, seed=1)
+        warnings += [n for n in evaluation.notes if n not in warnings]
+    elif calib is not None:
+        evaluation = calib
+        warnings.append("accuracy measured on the calibration data (no --eval given): optimistic")
+    elif options.max_accuracy_drop is not None:
+        raise UsageError("--max-accuracy-drop needs data to measure accuracy on: give --eval DATA.npz")
+
+    builder = _builder(model, options, calib, warnings, note)
+    note(f"{options.mode}: build")
+    evaluator = Evaluator(evaluation, model, output=options.eval_output) if evaluation is not None else None
+    if evaluator is None:
+        applied = frozenset(builder.candidates)
+        final = builder.build(applied)
+        result = None
+    else:
+        result = fit_budget(builder.candidates, builder.build, evaluator, evaluator.baseline,
+                            options.max_accuracy_drop, what=builder.what, progress=note)
+        final = result.model
+    final.metadata_props["graphopt.lossy"] = builder.describe()
+    section = builder.section(result, evaluation)
+    if result is not None:
+        section.update(_accuracy_fields(result, evaluation, options))
+        section["kept_float"] = _kept(result, builder)
+    warnings += builder.warnings
+    if options.measure:
+        note("measure")
+        section.update(_measure(model, final, evaluation or calib, options, warnings))
+    section["notes"] = builder.notes
+    return LossyResult(final, section, warnings)
+
+
+def _builder(model: ir.Model, options: LossyOptions, calib: Dataset | None, warnings: list[str], note):
+    from passes.quantize_builders import DynamicBuilder, Fp16Builder, Int8Builder
+
+    if options.mode == "int8":
+        return Int8Builder(model, options, calib, note)
+    if options.mode == "int8-dynamic":
+        return DynamicBuilder(model, options)
+    return Fp16Builder(model, options, calib, note)
+
+
+def _accuracy_fields(result, evaluation: Dataset, options: LossyOptions) -> dict:
+    before, after = result.baseline, result.score
+    fid = [f["snr_db"] for f in after.fidelity.values() if f.get("snr_db") is not None]
+    return {
+        "evaluation": f"{evaluation.source}: {len(evaluation)} samples"
+                      + (", labels" if evaluation.labels is not None else ", agreement with the float model"),
+        "metric": before.metric,
+        "accuracy_before": round(before.value, 4),
+        "accuracy_after": round(after.value, 4),
+        "accuracy_drop": round(before.value - after.value, 4),
+        "max_accuracy_drop": options.max_accuracy_drop,
+        "output_snr_db": round(min(fid), 2) if fid and math.isfinite(min(fid)) else None,
+        "budget_evaluations": result.evaluations,
+        "budget_steps": [s.to_dict() for s in result.steps],
+    }
+
+
+def _kept(result, builder) -> list[dict]:
+    kept = []
+    for name in result.kept:
+        item = {"layer": name, **builder.cost(name)}
+        if name in result.sensitivity:
+            item["drop_if_applied_alone"] = round(result.sensitivity[name], 4)
+        if name in result.recovered:
+            item["points_recovered"] = round(result.recovered[name], 4)
+        kept.append(item)
+    return kept
+
+
+def _measure(reference: ir.Model, final: ir.Model, data: Dataset | None, options: LossyOptions,
+             warnings: list[str]) -> dict:
+    """File size, latency, memory and ORT's kernels, float model vs lossy model, interleaved."""
+    try:
+        from graphopt.bench import bench
+    except ImportError:  # pragma: no cover - bench ships with graphopt
+        return {}
+    feeds = None
+    if data is not None:
+        feeds = {k: v[:1] for k, v in data.inputs.items()}
+    try:
+        measured = bench([reference, final], provider=options.provider, threads=options.threads, inputs=feeds,
+                         shapes=options.shapes, runs=options.bench_runs, warmup=3, init_repeats=1,
+                         names=["float", options.mode])
+    except Exception as e:  # noqa: BLE001 - measuring is a report figure; its failure is a warning, not an error
+        warnings.append(f"{options.mode}: latency/memory not measured ({e})")
+        return {}
+    base, lossy = measured.models
+    kernels = collections.Counter()
+    for ops in lossy.placement.values():
+        kernels.update(ops)
+    floats = {op: n for op, n in kernels.items() if op in ("Conv", "ConvTranspose", "Gemm", "MatMul", "FusedConv",
+                                                           "FusedGemm", "FusedMatMul")}
+    return {
+        "compression_ratio": round(base.file_bytes / lossy.file_bytes, 4) if lossy.file_bytes else None,
+        "file_bytes": {"float": base.file_bytes, options.mode: lossy.file_bytes},
+        "latency_ratio": round(lossy.ratios["latency_p50"], 4),
+        "latency_p50_ms": {"float": round(base.latency_ms["p50"], 4), options.mode: round(lossy.latency_ms["p50"], 4)},
+        "latency_inputs": measured.inputs,
+        "memory_ratio": None if lossy.ratios["peak_memory"] is None else round(lossy.ratios["peak_memory"], 4),
+        "peak_memory_bytes": {"float": base.memory.get("peak_bytes"), options.mode: lossy.memory.get("peak_bytes")},
+        "ort_kernels": ", ".join(f"{op} {n}" for op, n in kernels.most_common()),
+        **({"ort_float_layers": sum(floats.values())} if options.mode.startswith("int8") else {}),
+    }
