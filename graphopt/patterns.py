@@ -317,12 +317,21 @@ class ConstantAlgebra:
         return self._node("Reshape", [a, self.initializer(np.array(shape, np.int64), f"{self.tag}_shape")])
 
 
+def _const_tensor(value: ir.Value) -> ir.TensorProtocol | None:
+    if value.is_graph_input():
+        return None
+    try:
+        return ir.convenience.get_const_tensor(value)
+    except ValueError:  # a Constant with a sparse_value or a malformed one
+        return None
+
+
 def static_shape(value: ir.Value) -> tuple[int, ...] | None:
     """The value's shape if every dim is known: from its annotation, its constant, or the
     constant shape input of the ConstantOfShape producing it."""
     if value.shape is not None and all(isinstance(d, int) for d in value.shape):
         return tuple(value.shape)
-    tensor = None if value.is_graph_input() else ir.convenience.get_const_tensor(value)
+    tensor = _const_tensor(value)
     if tensor is not None:
         return tuple(tensor.shape)
     producer = value.producer()
@@ -337,7 +346,7 @@ def static_dtype(value: ir.Value) -> ir.DataType | None:
     """The value's element type: its annotation, its constant, or its ConstantOfShape's value."""
     if value.dtype is not None:
         return value.dtype
-    tensor = None if value.is_graph_input() else ir.convenience.get_const_tensor(value)
+    tensor = _const_tensor(value)
     if tensor is not None:
         return tensor.dtype
     producer = value.producer()

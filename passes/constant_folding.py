@@ -75,7 +75,7 @@ class FoldConstantsPass(ir.passes.InPlacePass):
     def call(self, model: ir.Model) -> CountedPassResult:
         self._taken = patterns.model_names(model)
         self._opset = patterns.opset_version(model)
-        self._ir_version = model.ir_version
+        self._ir_version = max(model.ir_version, 4)  # IR 3 would want the inputs listed as graph inputs
         folded = self._fold_graph(model.graph)
         for subgraph in list(model.graph.subgraphs()):
             folded += self._fold_graph(subgraph)
@@ -104,7 +104,7 @@ class FoldConstantsPass(ir.passes.InPlacePass):
             return False
         tensors = {}
         for v in inputs:
-            tensor = None if v.is_graph_input() else ir.convenience.get_const_tensor(v)
+            tensor = _const_tensor(v)
             if tensor is None:
                 return False
             tensors[v] = tensor
@@ -169,6 +169,15 @@ class FoldConstantsPass(ir.passes.InPlacePass):
         logger.debug("folded %s (%s) into %s", node.name, node.op_type, [v.name for _, v in new_values])
         for value in inputs:
             _drop_if_unused(value)
+
+
+def _const_tensor(value: ir.Value) -> ir.TensorProtocol | None:
+    if value.is_graph_input():
+        return None
+    try:
+        return ir.convenience.get_const_tensor(value)
+    except ValueError:  # e.g. a Constant holding a sparse_value: not ours to fold
+        return None
 
 
 def _drop_if_unused(value: ir.Value) -> None:

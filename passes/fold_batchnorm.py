@@ -20,9 +20,12 @@ Cases:
    BN normalizes axis 1, which is then W's column axis; for rank > 2 axis 1 is not.
 3. Weight or bias that is a constant expression rather than an initializer (the onnx
    package's light models compute weights with ConstantOfShape): no big array is
-   materialized; Mul (and Reshape) nodes scale it and ORT folds them when the session
-   starts. BN parameters that are constant expressions likewise become a few nodes
-   (Add, Sqrt, Div, Mul, Sub) computing s and t. The file does not grow; the BN is gone.
+   materialized; a Mul (and Reshape) node scales it and ORT folds it when the session
+   starts. BN parameters that are 1-D ConstantOfShape fills count as scalars, so s and t
+   are scalars, and a uniform new bias is written as a ConstantOfShape too: on
+   light_resnet50 (46 of its 53 BNs are such fills) the file shrinks from 79.8 to 54.7 KB.
+   Other constant-expression parameters become a few nodes (Add, Sqrt, Div, Mul, Sub)
+   computing s and t. Either way the BN is gone.
 4. BN -> Conv (no Conv layer before it), the BN output used only as that Conv's input,
    group 1, pads all zero or auto_pad VALID, weight, bias and BN parameters initializers or
    Constants: folded into the Conv.
