@@ -27,6 +27,7 @@ class LiveProgress:
         self.total = None
         self.tasks: dict[str, tuple[int, int]] = {}  # name -> (task id, passes in its pipeline)
         self.steps: dict[str, int] = {}
+        self.done: set[str] = set()  # a worker's last steps may arrive after its result
 
     def __enter__(self):
         self.progress.__enter__()
@@ -41,6 +42,8 @@ class LiveProgress:
 
     def step(self, name: str, step: str) -> None:
         npasses = self.steps.get(name, 0)
+        if name in self.done:
+            return
         if step == "start":
             task = self.progress.add_task("load", total=npasses + 2, model=name)
             self.tasks[name] = (task, 0)
@@ -53,13 +56,15 @@ class LiveProgress:
         self.progress.update(task, completed=done, description=step)
 
     def finished(self, result) -> None:
+        self.done.add(result.name)
         if result.name in self.tasks:
             self.progress.remove_task(self.tasks.pop(result.name)[0])
         if self.total is not None:
             self.progress.advance(self.total)
         style = _STYLE.get(result.status, "")
+        why = f": {result.reason}" if result.ok and result.reason != "not built yet" else ""
         self.progress.console.print(f"[{style}]{result.status:>10}[/{style}] {escape(result.name)}"
-                                    f" ({result.seconds:.2f} s)", highlight=False)
+                                    f" ({result.seconds:.2f} s){escape(why)}", highlight=False)
 
 
 def _ratio(m) -> str:
@@ -82,6 +87,7 @@ def render_build(result, console: Console, err: Console, *, quiet: bool = False,
         for col in ("model", "status", "before", "after", "verify", *(["acc. drop"] if measured else []), "time"):
             table.add_column(col, justify="right" if col in ("before", "after", "acc. drop", "time") else "left",
                              no_wrap=col != "model", overflow="fold")
+        table.columns[0].min_width = min(32, max((len(m.name) for m in result.models), default=5))
         for m in result.models:
             style = _STYLE.get(m.status, "")
             seconds = f"{m.seconds:.2f} s" if m.status not in ("up-to-date", "stale", "skipped") else "-"
@@ -91,6 +97,9 @@ def render_build(result, console: Console, err: Console, *, quiet: bool = False,
                           _verification(m), *drop, seconds)
         console.print(table)
     for m in result.models:
+        if m.status == "built" and not quiet and m.reason != "not built yet":
+            console.print(f"[green]rebuilt[/green] {escape(m.name)}: {escape(m.reason)}", highlight=False,
+                          soft_wrap=True)
         if m.status == "stale":
             err.print(f"[yellow]stale:[/yellow] {escape(m.output)} ({escape(m.name)}): {escape(m.reason)}",
                       highlight=False, soft_wrap=True)

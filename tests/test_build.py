@@ -188,7 +188,7 @@ def test_version_change_and_force_rebuild(project, monkeypatch):
 
 def test_external_data_and_data_files_are_hashed(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    source = tiny(tmp_path / "ext.onnx", 2.0, external=True)
+    tiny(tmp_path / "ext.onnx", 2.0, external=True)
     np.savez(tmp_path / "inputs.npz", x=np.ones((1, 4), np.float32))
     (tmp_path / "graphopt.toml").write_text('[models.ext]\nsource = "ext.onnx"\noutput = "out/ext.onnx"\n'
                                             'level = 1\ninputs = "inputs.npz"\n')
@@ -334,15 +334,16 @@ def test_config_errors(project, capsys, line, expected):
     ("[models.alpha\nsource = 1", r"graphopt\.toml:1: TOML syntax error: .*\(at line 1, column \d+\)"),
     ('[models.alpha]\nsource = "models/missing.onnx"\noutput = "o.onnx"',
      r"graphopt\.toml:2: models\.alpha\.source: no such file 'models/missing\.onnx'"),
-    ('[models.alpha]\nsource = "zoo/*.onnx"\noutput = "o/{stem}.onnx"', r"models\.alpha\.source: 'zoo/\*\.onnx' matched no files"),
+    ('[models.alpha]\nsource = "zoo/*.onnx"\noutput = "o/{stem}.onnx"',
+     r"models\.alpha\.source: 'zoo/\*\.onnx' matched no files"),
     ('[models.alpha]\nsource = "models/alpha.onnx"', r"graphopt\.toml:1: models\.alpha\.output: missing"),
     ('[models.alpha]\noutput = "o.onnx"', r"graphopt\.toml:1: models\.alpha\.source: missing"),
     ('[[model]]\nsource = "models/alpha.onnx"', r"graphopt\.toml:1: model: unknown key \(did you mean 'models'\?\)"),
     ("[defaults]\nlevel = 1", r"graphopt\.toml: models: no models"),
     ('[defaults]\nsource = "a.onnx"\n[models.a]\nsource = "models/alpha.onnx"\noutput = "o.onnx"',
      r"graphopt\.toml:2: defaults\.source: belongs in each models\.NAME table"),
-    ('[models.a]\nsource = "models/*.onnx"\noutput = "build/x.onnx"', r"models\.a\.output: 'build/x\.onnx' is also the output"
-                                                                       r" of 'a/alpha'; put \{stem\} in the output"),
+    ('[models.a]\nsource = "models/*.onnx"\noutput = "build/x.onnx"',
+     r"models\.a\.output: 'build/x\.onnx' is also the output of 'a/alpha'; put \{stem\} in the output"),
 ])
 def test_config_file_errors(project, capsys, text, expected):
     (project / "graphopt.toml").write_text(text + "\n")
