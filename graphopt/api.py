@@ -172,9 +172,9 @@ def optimize(
         verification=verification, seconds=time.perf_counter() - start, warnings=warnings,
     )
     if options.extra.get("fuse_parallel"):  # every horizontal-fusion candidate, its gain and verdict
-        report.sections["fuse_parallel"] = {
-            c["candidate"]: {k: v for k, v in c.items() if k not in ("candidate", "kind", "input") and v is not None}
-            for c in options.extra["fuse_parallel"]}
+        keys = ("decision", "gain", "ms_separate", "ms_fused", "method", "detail", "whole_model")
+        report.sections["fuse_parallel"] = {c["candidate"]: {k: c[k] for k in keys if c.get(k) is not None}
+                                            for c in options.extra["fuse_parallel"]}
     if bench_section is not None:
         report.sections["bench"] = bench_section
     if lossy_section is not None:

@@ -344,6 +344,17 @@ def _resize_batch(array: np.ndarray, batch: int) -> np.ndarray:
     return np.concatenate([array] * reps, axis=0)[:batch]
 
 
+def _fits(session: ort.InferenceSession, data: dict[str, np.ndarray]) -> bool:
+    """Whether `data` has every input of the session, with its rank and static dims."""
+    for arg in session.get_inputs():
+        array = data.get(arg.name)
+        if array is None or (arg.shape is not None and len(arg.shape) != array.ndim):
+            return False
+        if any(isinstance(d, int) and d > 0 and d != n for d, n in zip(arg.shape or [], array.shape)):
+            return False
+    return True
+
+
 def _signature(session: ort.InferenceSession) -> tuple:
     return tuple((a.name, a.type) for a in session.get_inputs())
 
@@ -548,13 +559,20 @@ def bench(
                 elif rep == 0:
                     sig = _signature(session)
                     if sig not in by_signature:
-                        fits = data is None or {a.name for a in session.get_inputs()} <= set(data)
-                        usable = None if from_sample and not fits else data  # the sample is for the first model
+                        usable = data
+                        if data is not None and from_sample and not _fits(session, data):
+                            usable = None  # the sample is for the first model: random data for this one
+                            warnings.append(f"{name}: inputs differ from the sample's; random inputs used")
                         by_signature[sig] = _feeds(session, shapes, batch, usable, warnings, name)
                     feeds.append(by_signature[sig])
                     _check_fallback(session, providers, name, warnings)
                 start = time.perf_counter()
-                session.run(None, feeds[i])
+                try:
+                    session.run(None, feeds[i])
+                except Exception as e:  # noqa: BLE001 - ORT raises several types for inputs it rejects
+                    shapes_given = {k: list(v.shape) for k, v in feeds[i].items()}
+                    raise InputError(f"{name}: ONNX Runtime cannot run the model on inputs {shapes_given} "
+                                     f"({_line(e)})") from e
                 first_s[i].append(time.perf_counter() - start)
                 sessions[i] = session
                 report("session creation", rep * len(staged) + i + 1, total_init)

@@ -184,3 +184,19 @@ def test_cli_optimize_bench_flag(tmp_path, capsys):
     main(["optimize", str(DIGITS), "-o", str(tmp_path / "d.onnx"), "--level", "0", "--bench", "--json"])
     data = json.loads(capsys.readouterr().out)
     assert data["bench"]["latency_ratio"] > 0
+
+
+def test_sample_of_the_first_model_does_not_fit_an_nhwc_export(tmp_path):
+    from tests.test_compare import make_exports
+
+    first, nhwc = make_exports(tmp_path)
+    r = gb.bench([first, nhwc], runs=2, warmup=0, init_repeats=1, memory=False, placement=False)
+    assert any("inputs differ from the sample's" in w for w in r.warnings)
+    assert r.models[1].latency_ms["p50"] > 0
+
+
+def test_inputs_the_model_rejects_are_one_line_errors(tmp_path):
+    path = _net(tmp_path / "net.onnx", 4)
+    with pytest.raises(graphopt.errors.InputError, match="cannot run the model on inputs"):
+        gb.bench([path], inputs={"x": np.ones((1, 3, 8, 8, 1), np.float32)}, runs=1, memory=False,
+                 placement=False)

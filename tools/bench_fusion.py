@@ -11,7 +11,8 @@ Then every fusion candidate with its measured gain, the decision, and what the c
 (`backend/test/data/light`, weights are ConstantOfShape fills); BERT is the export zoo's
 (`build/zoo/torch_ts/bert.onnx` with its sample inputs) or, without the zoo, a BERT-style
 encoder built here with onnx.helper. BERT runs at the zoo's sample shape (2x128) and at a
-short query (1x16).
+short query (1x16). A last, synthetic row (eight narrow MatMul heads concatenated in order)
+shows a block shape where the fusion pays.
 """
 
 from __future__ import annotations
@@ -110,6 +111,30 @@ def own_bert(path: pathlib.Path, layers: int = 4, d: int = 256, heads: int = 4, 
     return path
 
 
+def heads_net(path: pathlib.Path, seq: int = 8, d: int = 256, heads: int = 8) -> pathlib.Path:
+    """A synthetic multi-head block where horizontal fusion should pay: LayerNorm, eight narrow
+    MatMul+Add+Relu heads concatenated in order, an output projection."""
+    rng = np.random.default_rng(2)
+    inits = {"g": np.ones(d, np.float32), "b": np.zeros(d, np.float32),
+             "Wo": (rng.standard_normal((d, d)) / np.sqrt(d)).astype(np.float32)}
+    nodes = [helper.make_node("LayerNormalization", ["x", "g", "b"], ["h"], axis=-1)]
+    for i in range(heads):
+        inits[f"W{i}"] = (rng.standard_normal((d, d // heads)) / np.sqrt(d)).astype(np.float32)
+        inits[f"b{i}"] = (rng.standard_normal(d // heads) * 0.1).astype(np.float32)
+        nodes += [helper.make_node("MatMul", ["h", f"W{i}"], [f"m{i}"], name=f"head{i}"),
+                  helper.make_node("Add", [f"m{i}", f"b{i}"], [f"a{i}"]),
+                  helper.make_node("Relu", [f"a{i}"], [f"r{i}"])]
+    nodes += [helper.make_node("Concat", [f"r{i}" for i in range(heads)], ["cat"], axis=-1),
+              helper.make_node("MatMul", ["cat", "Wo"], ["y"])]
+    graph = helper.make_graph(nodes, "heads", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, seq, d])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, seq, d])],
+                              [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="graphopt-tools")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, path)
+    return path
+
+
 def bert_inputs(batch: int, seq: int, seed: int = 1) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     ids = rng.integers(1, 30522, size=(batch, seq)).astype(np.int64)
@@ -129,6 +154,8 @@ def cases(args) -> list[dict]:
         feeds = bert_inputs(batch, seq)
         out.append({"name": f"bert {batch}x{seq}", "path": bert, "inputs": feeds,
                     "shapes": {k: list(v.shape) for k, v in feeds.items()}})
+    out.append({"name": "heads", "path": heads_net(ROOT / "build" / "bench" / "heads.onnx"), "inputs": None,
+                "shapes": None})
     wanted = set(args.only.split(",")) if args.only else None
     return [c for c in out if wanted is None or c["name"].split()[0] in wanted]
 
@@ -146,7 +173,8 @@ def run_case(case: dict, args) -> dict:
     cost_verdicts = {c.name: cost(level2.model, c).apply for c in find_candidates(level2.model.graph)}
     candidates = []
     for name, entry in level3.report.sections.get("fuse_parallel", {}).items():
-        candidates.append({"candidate": name, **entry, "cost_model": "fused" if cost_verdicts.get(name) else "rejected"})
+        cost_model = "fused" if cost_verdicts.get(name) else "rejected"
+        candidates.append({"candidate": name, **entry, "cost_model": cost_model})
     same_graph = level2.report.after["op_histogram"] == level3.report.after["op_histogram"]
     result = bench([level2.model, level3.model], names=["level 2", "level 3"], inputs=case["inputs"],
                    threads=args.threads, runs=args.runs, warmup=5, init_repeats=3, memory=True)
@@ -179,7 +207,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=150)
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--only", default=None, help="comma-separated: inception_v1,inception_v2,bert")
+    parser.add_argument("--only", default=None, help="comma-separated: inception_v1,inception_v2,bert,heads")
     parser.add_argument("--bert", default=None, help="BERT .onnx [build/zoo/torch_ts/bert.onnx, else built here]")
     parser.add_argument("--skip", default=None, help="passes to leave out of both levels (comma-separated)")
     parser.add_argument("--json", default=None, help="also write the rows here")
@@ -194,14 +222,15 @@ def main() -> None:
         rows.append(row)
         print(f"{row['model']}: done ({row['fused']}/{row['candidates']} candidates fused)", flush=True)
     print()
-    header = ("model", "inputs", "verify", "nodes l2/l3", "fused", "p50 ms l2", "p50 ms l3", "paired ratio",
-              "95% CI", "memory", "verdict")
+    header = ("model", "inputs", "verify", "nodes l2/l3", "fused", "optimize s l2/l3", "p50 ms l2", "p50 ms l3",
+              "paired ratio", "95% CI", "memory", "verdict")
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for r in rows:
         inputs = ", ".join("x".join(map(str, v)) for v in r["inputs"].values())
         print(f"| {r['model']} | {inputs} | {r['verify']} | {r['nodes']} | {r['fused']}/{r['candidates']} | "
-              f"{r['p50_ms'][0]:.2f} | {r['p50_ms'][1]:.2f} | {r['paired']:.3f} | {r['ci95'][0]:.3f}-{r['ci95'][1]:.3f}"
+              f"{r['optimize_s'][0]}/{r['optimize_s'][1]} | {r['p50_ms'][0]:.2f} | {r['p50_ms'][1]:.2f} | "
+              f"{r['paired']:.3f} | {r['ci95'][0]:.3f}-{r['ci95'][1]:.3f}"
               f" | {r['memory_ratio'] and round(r['memory_ratio'], 3)} | {verdict(r)} |")
     print("\ncandidates (measured on this machine; cost model = what --no-measure decides):")
     print("| model | candidate | gain | decision | cost model | evidence |")
