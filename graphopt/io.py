@@ -10,42 +10,88 @@ from __future__ import annotations
 
 __all__ = ["load", "save", "model_size_bytes", "external_data_paths", "release_mapped", "EXTERNAL_DATA_THRESHOLD"]
 
+import atexit
+import collections
 import logging
 import os
 import pathlib
 import shutil
 import tempfile
+import weakref
 
 import onnx
 import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
+from graphopt import sparse
 from graphopt.errors import InputError, UsageError
 
 logger = logging.getLogger(__name__)
 
 # Protobuf cannot serialize 2 GiB; leave headroom for the graph itself.
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
+_LOADED_WITH_EXTERNAL_DATA = "graphopt.loaded_with_external_data"
 _MIN_IR_VERSION = 3
 
 
 def load(source: str | os.PathLike | onnx.ModelProto | ir.Model) -> ir.Model:
     """Return an `ir.Model` for a path, a ModelProto or an IR model (copied, never mutated)."""
     if isinstance(source, ir.Model):
-        return _copy_ir(source)
+        return _forget_dropped_io(_copy_ir(source))
     if isinstance(source, onnx.ModelProto):
         _check_versions(source.ir_version, source.opset_import, "<ModelProto>")
-        return ir.serde.deserialize_model(source)
+        return _forget_dropped_io(ir.serde.deserialize_model(source))
     if isinstance(source, (str, os.PathLike)):
-        return _load_path(pathlib.Path(source))
+        return _forget_dropped_io(_load_path(pathlib.Path(source)))
     raise UsageError(f"cannot load a model from {type(source).__name__}: give a path, onnx.ModelProto or ir.Model")
+
+
+class _DroppingCounter(collections.Counter):
+    """A Counter that forgets a key when its count reaches zero."""
+
+    def __setitem__(self, key, count):
+        if count <= 0:
+            self.pop(key, None)
+        else:
+            super().__setitem__(key, count)
+
+
+def _forget_dropped_io(model: ir.Model) -> ir.Model:
+    """Work around an onnx-ir leak: graph inputs/outputs keep every value ever listed.
+
+    `ir.Graph.inputs` counts references per value in a Counter that keeps zero counts, so
+    a value that was once a graph input stays referenced for the model's life. Shape
+    inference lists every initializer as an input for a moment (onnx-ir's
+    ShapeInferencePass, `graphopt.shapes`), so every original weight, with the memory map
+    it was read through, outlived its replacement by a folded weight: 2 GB resident for a
+    2.4 GB model. Values are forgotten at zero instead.
+    """
+    graphs = [model.graph, *model.graph.subgraphs()]
+    for function in model.functions.values():
+        graphs += [function, *function.subgraphs()]
+    for graph in graphs:
+        for values in (getattr(graph, "inputs", None), getattr(graph, "outputs", None)):
+            counter = getattr(values, "_ref_counter", None)
+            if isinstance(counter, collections.Counter) and not isinstance(counter, _DroppingCounter):
+                values._ref_counter = _DroppingCounter(+counter)
+    return model
 
 
 def _copy_ir(model: ir.Model) -> ir.Model:
     if model_size_bytes(model) >= EXTERNAL_DATA_THRESHOLD:
         logger.info("model over 2 GB given as ir.Model: optimizing it in place")
         return model
-    return ir.serde.deserialize_model(ir.serde.serialize_model(model))
+    copy = ir.serde.deserialize_model(ir.serde.serialize_model(model))
+    # Serializing keeps an external tensor's location but not the directory it is relative
+    # to: share the original (immutable) external tensors instead of unreadable copies.
+    for graph, graph_copy in zip(model.graphs(), copy.graphs()):
+        for name, value in graph_copy.initializers.items():
+            source = graph.initializers.get(name)
+            if source is not None and isinstance(source.const_value, ir.ExternalTensor):
+                value.const_value = source.const_value
+    if external_data_paths(copy):
+        copy.meta[_LOADED_WITH_EXTERNAL_DATA] = True
+    return copy
 
 
 def _load_path(path: pathlib.Path) -> ir.Model:
@@ -60,6 +106,8 @@ def _load_path(path: pathlib.Path) -> ir.Model:
         head = f.read(64)
     try:
         model = ir.load(path)
+        if sparse.has_unresolved_inputs(model):  # onnx-ir drops sparse_initializer: read them dense
+            model = sparse.load_densified(path) or model
     except DecodeError as e:
         raise InputError(_decode_failure(path, head)) from e
     except (OSError, ValueError, RuntimeError, TypeError) as e:
@@ -68,6 +116,8 @@ def _load_path(path: pathlib.Path) -> ir.Model:
         raise InputError(f"{path}: not an ONNX model (no graph found)")
     _check_versions(model.ir_version, model.opset_imports, str(path))
     _check_external_data(model, path)
+    if external_data_paths(model):
+        model.meta[_LOADED_WITH_EXTERNAL_DATA] = True  # saved the same way, even once every weight changed
     return model
 
 
@@ -136,27 +186,36 @@ def model_size_bytes(model: ir.Model) -> int:
 
 
 def save(model: ir.Model, path: str | os.PathLike, *, external_data: bool | None = None,
-         protect: set[pathlib.Path] = frozenset()) -> list[pathlib.Path]:
+         protect: set[pathlib.Path] = frozenset(), sparse_format: str | None = None) -> list[pathlib.Path]:
     """Write `model` atomically to `path`; return the files written.
 
     `external_data=None` chooses: weights go to `<name>.data` when the model is too big for
     one protobuf or when it was loaded with external data. `protect` lists files that must
-    not be replaced (the input model and its data).
+    not be replaced (the input model and its data). `sparse_format` ("ort" or "onnx", see
+    `graphopt.sparse`) stores zero-heavy weights as `sparse_initializer` where that is smaller.
     """
     target = pathlib.Path(path).resolve()
     if external_data is None:
-        external_data = model_size_bytes(model) >= EXTERNAL_DATA_THRESHOLD or bool(external_data_paths(model))
+        external_data = (model_size_bytes(model) >= EXTERNAL_DATA_THRESHOLD or bool(external_data_paths(model))
+                         or bool(model.meta.get(_LOADED_WITH_EXTERNAL_DATA)))
     data_name = target.name + ".data"
     targets = [target] + ([target.parent / data_name] if external_data else [])
     for t in targets:
         if t in {p.resolve() for p in protect}:
             raise UsageError(f"{t}: refusing to overwrite the input; choose another output path")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = pathlib.Path(tempfile.mkdtemp(prefix=".graphopt-", dir=target.parent))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = pathlib.Path(tempfile.mkdtemp(prefix=".graphopt-", dir=target.parent))
+    except OSError as e:
+        raise InputError(f"{target}: cannot write output ({_first_line(e)})") from e
     try:
         staged = staging / target.name
-        if external_data:
+        if sparse_format:
+            sparse.write_sparse(model, staged, sparse_format, data_name if external_data else None)
+        elif external_data:
             ir.save(model, staged, external_data=data_name)
+            if model_size_bytes(model) >= EXTERNAL_DATA_THRESHOLD:
+                _spill(model, staged)
         else:
             ir.save(model, staged)
         written = []
@@ -170,6 +229,57 @@ def save(model: ir.Model, path: str | os.PathLike, *, external_data: bool | None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         release_mapped(model)
+
+
+_SPILL_MIN_BYTES = 1 << 20
+_spill_dir: pathlib.Path | None = None
+
+
+def _spill(model: ir.Model, saved: pathlib.Path) -> None:
+    """Point a big model's in-memory weights at a private copy of the data just written.
+
+    Folding rewrites weights, and the new ones live in memory: for a model over 2 GB that
+    is the whole model, held while ONNX Runtime loads the result for verification (2x the
+    model's size resident). Once written they are read back lazily from disk instead; the
+    copy (kernel-side, beside the process's other temporary files) outlives the staging
+    directory and is deleted with the model or at exit.
+    """
+    global _spill_dir
+    graph = model.graph
+    in_memory = {name: v for name, v in graph.initializers.items()
+                 if v.const_value is not None and not isinstance(v.const_value, ir.ExternalTensor)
+                 and v.const_value.nbytes >= _SPILL_MIN_BYTES}
+    if not in_memory:
+        return
+    data_name = saved.name + ".data"
+    where = {}
+    for t in onnx.load(str(saved), load_external_data=False).graph.initializer:
+        info = {e.key: e.value for e in t.external_data}
+        if t.name in in_memory and info.get("location") == data_name and "length" in info:
+            where[t.name] = (int(info.get("offset", 0)), int(info["length"]))
+    if not where:
+        return
+    if _spill_dir is None or not _spill_dir.is_dir():
+        _spill_dir = pathlib.Path(tempfile.mkdtemp(prefix="graphopt-spill-"))
+        atexit.register(shutil.rmtree, _spill_dir, True)
+    fd, name = tempfile.mkstemp(suffix=".data", dir=_spill_dir)
+    os.close(fd)
+    spill = pathlib.Path(name)
+    shutil.copyfile(saved.parent / data_name, spill)  # sendfile/copy_file_range: no user-space copy
+    weakref.finalize(model, _unlink_quietly, spill)
+    for tensor_name, (offset, length) in where.items():
+        value = in_memory[tensor_name]
+        tensor = value.const_value
+        value.const_value = ir.ExternalTensor(spill.name, offset, length, tensor.dtype, shape=tensor.shape,
+                                              name=tensor_name, base_dir=str(spill.parent))
+    logger.debug("%d in-memory weights now read from %s", len(where), spill)
+
+
+def _unlink_quietly(path: pathlib.Path) -> None:
+    try:
+        path.unlink()
+    except OSError:
+        pass
 
 
 def release_mapped(model: ir.Model) -> None:
