@@ -272,7 +272,7 @@ def _evaluate(node: ir.Node, env, dims: Dims, opset: int) -> Vec | None:
     op = node.op_type
     ins = node.inputs
     if op == "Shape":
-        d = dims.of(ins[0])
+        d = dims.of(ins[0]) or _derived_dims(ins[0], env, dims)
         if d is None:
             return None
         start, end = attr_int(node, "start", 0), node.attributes.get("end")
@@ -376,6 +376,42 @@ def evaluate_model(model: ir.Model, dims: Dims, opset: int) -> dict[int, Vec]:
                 if vec is not None:
                     env[id(out)] = vec
     return env
+
+
+def _derived_dims(value: ir.Value | None, env, dims: Dims, depth: int = 4) -> tuple[Dim, ...] | None:
+    """Dims onnx inference could not give, from the producer: Reshape by an evaluated shape
+    (0 copies, -1 unknown), Transpose of known dims, element-wise unary ops."""
+    node = value.producer() if value is not None else None
+    if node is None or depth == 0 or node.domain not in ("", "ai.onnx"):
+        return None
+    src = node.inputs[0] if node.inputs else None
+
+    def of(v):
+        return dims.of(v) or _derived_dims(v, env, dims, depth - 1)
+
+    if node.op_type == "Reshape" and len(node.inputs) > 1:
+        target = _get(node.inputs[1], env)
+        if target is None or target.rank != 1:
+            return None
+        data = of(src)
+        out = []
+        for i, e in enumerate(target.elems):
+            if e == 0 and not attr_int(node, "allowzero", 0):
+                out.append(data[i] if data is not None and i < len(data) else None)
+            elif isinstance(e, (int, str)) and e != -1:
+                out.append(e)
+            else:
+                out.append(None)
+        return tuple(out)
+    if node.op_type == "Transpose":
+        data = of(src)
+        if data is None:
+            return None
+        perm = attr_ints(node, "perm") or list(range(len(data)))[::-1]
+        return tuple(data[p] for p in perm) if len(perm) == len(data) else None
+    if node.op_type in ("Relu", "Sigmoid", "Tanh", "Neg", "Abs", "Exp", "Cast", "Identity", "Softmax", "Erf"):
+        return of(src)
+    return None
 
 
 def _slice(node: ir.Node, env, opset: int) -> Vec | None:

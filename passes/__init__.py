@@ -75,6 +75,11 @@ _SPECS += [
     PassSpec("recompose_ops", _lazy("recompose_ops", "RecomposeOpsPass"),
              "Re-compose decomposed LayerNorm, Gelu, HardSigmoid/HardSwish, Softplus, Mish into the ONNX op "
              "(or, before the op's opset, the form ORT fuses)."),
+    PassSpec("sink_transposes", _lazy("sink_transposes", "SinkTransposesPass"),
+             "Cancel Transpose pairs through element-wise/reduce/Pad/Concat/Resize chains; collapse "
+             "Reshape-Transpose-Reshape (MXNet batch_dot) into one Transpose."),
+    PassSpec("fuse_pad_conv", _lazy("fuse_pad_conv", "FusePadIntoConvPass"),
+             "Fold a zero Pad into the Conv after it (tf2onnx's SAME padding), opset 11+."),
     PassSpec("set_input_shapes", _lazy("input_shapes", "SetInputShapesPass", shapes=lambda o: o.shapes),
              "Fix the input dims given with --shape in the model (runs first whenever --shape is given)."),
     PassSpec("upgrade_opset", _lazy("upgrade_opset", "UpgradeOpsetPass", target=lambda o: o.target_opset),
@@ -104,9 +109,10 @@ DEFAULT_LEVEL = 2
 _PLACE = [("training_leftovers", "before", "drop_initializer_inputs"),
           ("lift_constants", "after", "drop_initializer_inputs"),
           ("fold_shapes", "after", "fold_constants"),
-          ("unflatten_matmul", "after", "fold_shapes")]
+          ("unflatten_matmul", "after", "fold_shapes"),
+          ("sink_transposes", "after", "unflatten_matmul")]
 # Fusions: level 2 and up (after shape inference, so patterns see ranks and types).
-_PLACE_FUSION = [("recompose_ops", "after", "infer_shapes")]
+_PLACE_FUSION = [("recompose_ops", "after", "infer_shapes"), ("fuse_pad_conv", "after", "fold_batchnorm")]
 
 
 def _placed(names: list[str]) -> list[str]:

@@ -69,6 +69,7 @@ class TrainingLeftoversPass(ir.passes.InPlacePass):
     def __init__(self, inference: bool = False):
         super().__init__()
         self.inference = inference
+        self._reported: set[int] = set()  # nodes already counted: the pipeline runs a pass repeatedly
 
     def call(self, model: ir.Model) -> CountedPassResult:
         counters: collections.Counter = collections.Counter()
@@ -77,9 +78,10 @@ class TrainingLeftoversPass(ir.passes.InPlacePass):
         modified = False
         for graph in list(graphs_of(model)):
             for node in list(graph):
-                if not is_default_domain(node):
+                if not is_default_domain(node) or id(node) in self._reported:
                     continue
                 if node.op_type == "Dropout" and _dropout_training(node, opset):
+                    self._reported.add(id(node))
                     counters["dropout_training"] += 1
                     found.append(f"Dropout {node.name or node.outputs[0].name}")
                     if self.inference:
@@ -87,6 +89,7 @@ class TrainingLeftoversPass(ir.passes.InPlacePass):
                         counters["dropout_converted"] += 1
                         modified = True
                 elif node.op_type == "BatchNormalization" and _batchnorm_training(node, opset):
+                    self._reported.add(id(node))
                     counters["batchnorm_training"] += 1
                     found.append(f"BatchNormalization {node.name or node.outputs[0].name}")
                     if not self.inference:

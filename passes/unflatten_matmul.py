@@ -38,6 +38,8 @@ from graphopt.shapes import evaluate_model, infer_dims
 
 logger = logging.getLogger(__name__)
 
+_MAX_ROUNDS = 8
+
 
 def _producer(value: ir.Value | None, op_type: str) -> ir.Node | None:
     node = value.producer() if value is not None else None
@@ -51,18 +53,23 @@ class UnflattenMatMulPass(ir.passes.InPlacePass):
 
     def call(self, model: ir.Model) -> CountedPassResult:
         counters: collections.Counter = collections.Counter()
-        outer = [n for n in ir.traversal.RecursiveGraphIterator(model.graph)
-                 if n.op_type == "Reshape" and is_default_domain(n) and len(n.inputs) > 1
-                 and (_producer(n.inputs[0], "MatMul") or _producer(n.inputs[0], "Gemm"))]
-        if not outer:
-            return CountedPassResult(model, False, {})
-        dims = infer_dims(model)
-        env = evaluate_model(model, dims, opset_version(model))
-        taken = model_names(model)
-        for node in outer:
-            kind = self._rewrite(node, dims, env, taken)
-            if kind:
-                counters[kind] += 1
+        for _ in range(_MAX_ROUNDS):  # a rewrite can make the next layer's shapes provable
+            outer = [n for n in ir.traversal.RecursiveGraphIterator(model.graph)
+                     if n.op_type == "Reshape" and is_default_domain(n) and len(n.inputs) > 1
+                     and (_producer(n.inputs[0], "MatMul") or _producer(n.inputs[0], "Gemm"))]
+            if not outer:
+                break
+            dims = infer_dims(model)
+            env = evaluate_model(model, dims, opset_version(model))
+            taken = model_names(model)
+            done = 0
+            for node in outer:
+                kind = self._rewrite(node, dims, env, taken)
+                if kind:
+                    counters[kind] += 1
+                    done += 1
+            if not done:
+                break
         if counters:
             logger.info("unflattened %s", dict(counters))
         return CountedPassResult(model, bool(counters), dict(counters))

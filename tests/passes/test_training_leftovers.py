@@ -145,3 +145,10 @@ def test_subgraph_is_converted():
     onnx.checker.check_model(to_proto(model), full_check=True)
     feeds = {"x": np.ones((2, 3), np.float32), "c": np.array(True)}
     np.testing.assert_array_equal(run(model, feeds)[0], feeds["x"])
+
+
+def test_each_node_is_reported_once_across_pipeline_iterations():
+    model = parse(BN_TRAIN)
+    pass_ = TrainingLeftoversPass()
+    assert pass_(model).counters == {"batchnorm_training": 1}
+    assert pass_(model).counters == {}

@@ -1,0 +1,73 @@
+import numpy as np
+import onnx
+import pytest
+
+from passes.fuse_pad_conv import FusePadIntoConvPass
+from tests.util import assert_equivalent, copy, ops, parse, to_proto
+
+W = "{" + ", ".join(str((i % 5) / 5 - 0.4) for i in range(2 * 3 * 3 * 3)) + "}"
+PAD_CONV = """
+<ir_version: 8, opset_import: ["" : 15]>
+g (float[batch,3,8,8] x) => (float[batch,2,%(out)s] y) <int64[8] pads = {%(pads)s}, float[2,3,3,3] w = %(w)s> {
+    p = Pad(x, pads)
+    y = Conv <pads = [1, 0, 1, 0]> (p, w)
+}
+"""
+
+
+def _model(pads="0,0,0,1,0,0,1,0", out="?,?", text=PAD_CONV):
+    return parse(text % {"pads": pads, "out": out, "w": W})
+
+
+def test_tf_same_padding_folds_into_conv_pads():
+    model = _model()
+    before = copy(model)
+    result = FusePadIntoConvPass()(model)
+    assert result.counters == {"pads_folded": 1}
+    assert ops(model) == ["Conv"]
+    assert list(model.graph.node(0).attributes["pads"].as_ints()) == [1, 1, 2, 0]
+    onnx.checker.check_model(to_proto(model), full_check=True)
+    for batch in (1, 3):
+        assert_equivalent(before, model, {"x": np.random.default_rng(0).standard_normal((batch, 3, 8, 8))
+                                          .astype(np.float32)})
+
+
+@pytest.mark.parametrize("model", [
+    _model(pads="0,1,0,0,0,0,0,0"),                                     # pads the channels
+    _model(text=PAD_CONV.replace("Pad(x, pads)", 'Pad <mode = "reflect"> (x, pads)')),
+    _model(text=PAD_CONV.replace("y = Conv", "z = Relu(p)\n    y = Conv")),  # pad read elsewhere
+    _model(text=PAD_CONV.replace('["" : 15]', '["" : 15, "custom" : 1]').replace("y = Conv", "y = custom.Conv")),
+    _model(text=PAD_CONV.replace("g (float[batch,3,8,8] x)", "g (float[batch,3,8,8] x, int64[8] pads)")
+           .replace("<int64[8] pads = {%(pads)s}, ", "<")),                # pads fed by the caller
+])
+def test_leave_it_alone(model):
+    before = copy(model)
+    assert not FusePadIntoConvPass()(model).modified
+    assert ops(model) == ops(before)
+
+
+def test_old_opset_is_declined():
+    model = parse("""
+        <ir_version: 6, opset_import: ["" : 10]>
+        g (float[1,3,8,8] x) => (float[1,2,?,?] y) <float[2,3,3,3] w = %s> {
+            p = Pad <pads = [0, 0, 1, 1, 0, 0, 1, 1]> (x)
+            y = Conv(p, w)
+        }
+    """ % W)
+    assert not FusePadIntoConvPass()(model).modified
+
+
+def test_subgraph():
+    model = parse("""
+        <ir_version: 8, opset_import: ["" : 15]>
+        g (float[1,3,8,8] x, bool c) => (float[1,2,?,?] y) <int64[8] pads = {0,0,1,1,0,0,1,1}, float[2,3,3,3] w = %s> {
+            y = If(c) <
+                then_branch = th () => (float[1,2,?,?] ty) { p = Pad(x, pads) ty = Conv(p, w) },
+                else_branch = el () => (float[1,2,?,?] ey) { ey = Conv <pads = [1, 1, 1, 1]> (x, w) }
+            >
+        }
+    """ % W)
+    before = copy(model)
+    assert FusePadIntoConvPass()(model).counters == {"pads_folded": 1}
+    for c in (True, False):
+        assert_equivalent(before, model, {"x": np.ones((1, 3, 8, 8), np.float32), "c": np.array(c)})
