@@ -138,7 +138,13 @@ def optimize(
     if inference and verify:
         # --inference changes outputs on purpose: compare with the original converted the same way.
         baseline = io.load(model)
-        REGISTRY["training_leftovers"].factory(PassOptions(inference=True))(baseline)
+        quiet = logging.getLogger("passes.training_leftovers")  # the pipeline has already warned
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)
+        try:
+            REGISTRY["training_leftovers"].factory(PassOptions(inference=True))(baseline)
+        finally:
+            quiet.setLevel(level)
     with tempfile.TemporaryDirectory(prefix="graphopt-") as tmp:
         staged = pathlib.Path(tmp) / "optimized.onnx"
         written = io.save(working, staged)
