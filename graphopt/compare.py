@@ -107,7 +107,8 @@ class ModelSummary:
     nodes: int
     op_histogram: dict[str, int]
     parameters: int
-    flops: int
+    flops: int  # at the inputs compared (dynamic dims resolved), else per unit of each dynamic dim
+    flops_unknown_nodes: int
     file_bytes: int
     inputs: list[dict]
     outputs: list[dict]
@@ -192,13 +193,35 @@ def _agreement(reference: list[np.ndarray], got: list[np.ndarray], rtol: float =
 # ----------------------------------------------------------------------------- the comparison
 
 
-def _summary(name: str, model: ir.Model, file_bytes: int) -> ModelSummary:
+def _summary(name: str, model: ir.Model, file_bytes: int, feeds: dict[str, np.ndarray] | None) -> ModelSummary:
     info = analyze(model)
+    flops, unknown = info["flops"], info["macs_unknown_nodes"]
+    if feeds is not None and info["dynamic_dims"]:
+        at = _analyze_at(model, feeds)
+        flops, unknown = at["flops"], at["macs_unknown_nodes"]
     return ModelSummary(name=name, producer=info["producer"] or "-", ir_version=info["ir_version"],
                         opsets={k or "ai.onnx": v for k, v in info["opsets"].items()}, nodes=info["nodes"],
-                        op_histogram=info["op_histogram"], parameters=info["parameters"], flops=info["flops"],
-                        file_bytes=file_bytes, inputs=info["inputs"], outputs=info["outputs"],
-                        leftovers=leftovers(model))
+                        op_histogram=info["op_histogram"], parameters=info["parameters"], flops=flops,
+                        flops_unknown_nodes=unknown, file_bytes=file_bytes, inputs=info["inputs"],
+                        outputs=info["outputs"], leftovers=leftovers(model))
+
+
+def _analyze_at(model: ir.Model, feeds: dict[str, np.ndarray]) -> dict:
+    """analyze() with the graph inputs at the shapes of `feeds` (FLOPs of the run that is timed,
+    not per unit of each dynamic dim). The model's annotations are restored afterwards."""
+    saved = [(v, v.shape) for v in model.graph.inputs]
+    saved += [(out, out.shape) for node in model.graph for out in node.outputs]
+    try:
+        for value in model.graph.inputs:
+            if value.name in feeds:
+                value.shape = ir.Shape(feeds[value.name].shape)
+        for node in model.graph:
+            for out in node.outputs:
+                out.shape = None
+        return analyze(model)
+    finally:
+        for value, shape in saved:
+            value.shape = shape
 
 
 def _hist_distance(a: dict[str, int], b: dict[str, int]) -> int:
@@ -238,7 +261,6 @@ def compare(
     warnings: list[str] = []
     loaded = [io.load(m) for m in models]
     sizes = [_file_bytes(m, ir_model) for m, ir_model in zip(models, loaded)]
-    exported = [_summary(n, m, s) for n, m, s in zip(names, loaded, sizes)]
 
     # Reference inputs: the user's, else the sample beside the first export, else random.
     data = load_npz(inputs) if isinstance(inputs, (str, os.PathLike)) else inputs
@@ -253,6 +275,7 @@ def compare(
         feeds.append(mapped)
         notes.append(note)
     del sessions
+    exported = [_summary(n, m, s, f) for n, m, s, f in zip(names, loaded, sizes, feeds)]
 
     def outputs_of(model, model_feeds) -> list[np.ndarray]:
         _, out = run_model(model, model_feeds)
@@ -275,7 +298,7 @@ def compare(
             result = run_optimize(path, level=level, shapes=shapes, inputs=feeds[i], provider=provider,
                                   threads=threads, measure=measure)
             opt_models.append(result.model)
-            summary = _summary(name, result.model, result.report.file_bytes_after or 0)
+            summary = _summary(name, result.model, result.report.file_bytes_after or 0, feeds[i])
             v = result.report.verification
             summary.verification = v.status if v is not None else "off"
             if feeds[i] is not None:
@@ -354,6 +377,11 @@ def _arrow(before, after, fmt=_fmt) -> str:
     return fmt(before) if before == after else f"{fmt(before)} -> {fmt(after)}"
 
 
+def _unknown(m: ModelSummary, o: ModelSummary | None) -> str:
+    n = max(m.flops_unknown_nodes, o.flops_unknown_nodes if o is not None else 0)
+    return f" ({n} ops of unknown shape)" if n else ""
+
+
 def _agree_text(a: dict) -> str:
     if not a:
         return "-"
@@ -376,7 +404,7 @@ def _rows(result: CompareResult) -> dict[str, list[tuple[str, list[str]]]]:
         ("IR / opset", [f"{m.ir_version} / {m.opsets.get('ai.onnx', '-')}" for m in exp]),
         ("nodes", [_arrow(m.nodes, get(o, lambda x: x.nodes)) for m, o in zip(exp, opt)]),
         ("parameters", [_arrow(m.parameters, get(o, lambda x: x.parameters)) for m, o in zip(exp, opt)]),
-        ("FLOPs", [_arrow(m.flops, get(o, lambda x: x.flops)) for m, o in zip(exp, opt)]),
+        ("FLOPs", [_arrow(m.flops, get(o, lambda x: x.flops)) + _unknown(m, o) for m, o in zip(exp, opt)]),
         ("file", [_arrow(m.file_bytes, get(o, lambda x: x.file_bytes), human_bytes) for m, o in zip(exp, opt)]),
         ("p50 ms", [_arrow(m.latency.get("p50_ms"), get(o, lambda x: x.latency.get("p50_ms")),
                            lambda v: "-" if v is None else f"{v:.3f}") for m, o in zip(exp, opt)]),
