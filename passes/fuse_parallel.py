@@ -203,7 +203,7 @@ def _attach_tail(member: Member, kind: str) -> tuple:
     if kind == "MatMul" and user is not None and user.op_type == "Add" and is_default_domain(user):
         other = user.inputs[1] if user.inputs[0] is value else user.inputs[0]
         bias = bias_vector(other, member.width) if other is not None and other is not value else None
-        if bias is not None and bias.dtype == value.dtype.numpy():
+        if bias is not None and bias.dtype == member.node.inputs[0].dtype.numpy():
             member.bias_add, member.bias_array = user, bias
             value = user.outputs[0]
             user = _single_user(value)

@@ -105,7 +105,8 @@ def _dim_env(model: ir.Model, shapes: dict[str, list[int]] | None) -> dict[str, 
 
 
 def concrete(shape: ir.Shape | None, env: dict[str, int]) -> tuple[list[int] | None, bool]:
-    """(dims, assumed): symbolic dims from `env`, else 1 (leading) or ASSUMED_DIM."""
+    """(dims, assumed): symbolic dims from `env`, else 1 (leading) or ASSUMED_DIM. A named dim
+    gets its value once and keeps it (`env` records it), so `seq` is the same size everywhere."""
     if shape is None:
         return None, False
     dims, assumed = [], False
@@ -115,7 +116,10 @@ def concrete(shape: ir.Shape | None, env: dict[str, int]) -> tuple[list[int] | N
         elif d.value and str(d.value) in env:
             dims.append(env[str(d.value)])
         else:
-            dims.append(1 if i == 0 else ASSUMED_DIM)
+            n = 1 if i == 0 else ASSUMED_DIM
+            if d.value:
+                env[str(d.value)] = n
+            dims.append(n)
             assumed = assumed or i > 0
     return dims, assumed
 
@@ -198,8 +202,8 @@ def extract(model: ir.Model, cand: Candidate, env: dict[str, int]) -> tuple[onnx
     outputs = [out for n in consumers for out in n.outputs]
     consumed = {id(inp) for n in consumers for inp in n.inputs}
     outputs += [f for f in finals if id(f) not in consumed or f.is_graph_output()]
-    value_info = []
-    for node in const_nodes + nodes:
+    value_info = []  # weights computed by constant subgraphs need their shapes; ORT infers the rest
+    for node in const_nodes:
         for out in node.outputs:
             dims, _ = concrete(out.shape, env)
             if out.dtype is not None and dims is not None and out not in outputs:

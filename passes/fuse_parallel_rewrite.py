@@ -151,7 +151,7 @@ def apply_candidate(model: ir.Model, cand, names: Callable[[str], str]) -> dict[
     old_names = []
     for member, piece in zip(cand.members, split.outputs):
         final = member.final
-        piece.dtype, piece.shape = final.dtype, final.shape
+        piece.dtype, piece.shape = final.dtype or x.dtype, final.shape  # element-wise tails keep the dtype
         old_names.append(final.name)
         final.replace_all_uses_with(piece, replace_graph_outputs=True)
     old_weights = [v for m in cand.members for v in m.node.inputs[1:] if v is not None]
@@ -205,7 +205,7 @@ def _drop_split(graph: ir.Graph, split: ir.Node, whole: ir.Value, axis: int) -> 
             graph.insert_before(node, rebuilt)
             old = node.outputs[0]
             out = rebuilt.outputs[0]
-            out.dtype, out.shape, name = old.dtype, old.shape, old.name
+            out.dtype, out.shape, name = old.dtype or whole.dtype, old.shape, old.name
             old.replace_all_uses_with(out, replace_graph_outputs=True)
             graph.remove(node, safe=True)
             out.name = name

@@ -60,7 +60,7 @@ def conv_block(widths=(4, 6, 8), *, act="Relu", bias=(True, False, True), concat
     return _model(nodes, [x], outputs, inits, opset)
 
 
-def qkv(seq=16, d=32, *, layers=1, bias=True) -> ir.Model:
+def qkv(seq=16, d=32, *, layers=1, bias=True, dynamic=False) -> ir.Model:
     """Q/K/V projections (MatMul + bias Add) of a BERT-style layer, then the attention scores and context."""
     rng = np.random.default_rng(1)
     nodes, inits = [], {}
@@ -83,7 +83,7 @@ def qkv(seq=16, d=32, *, layers=1, bias=True) -> ir.Model:
             helper.make_node("MatMul", [p + "a", p + "v"], [p + "o"]),
         ]
         h = p + "o"
-    x = helper.make_tensor_value_info("x", FLOAT, [1, seq, d])
+    x = helper.make_tensor_value_info("x", FLOAT, ["batch", "seq", d] if dynamic else [1, seq, d])
     return _model(nodes, [x], [helper.make_tensor_value_info(h, FLOAT, None)], inits)
 
 
@@ -352,6 +352,19 @@ def test_measured_path_fuses_a_clearly_paying_candidate():
     assert entry["gain"] >= 0.03 and "paired runs" in entry["detail"]
     assert ops(model) == ["MatMul", "Add", "Relu", "Split"]
     assert_equivalent(before, model, rtol=1e-4, atol=1e-4)
+
+
+def test_dynamic_dims_are_measured_at_consistent_assumed_sizes():
+    """Symbolic batch/seq: the cut-out subgraph gets batch 1 and seq ASSUMED_DIM everywhere, so the
+    attention consumers (seq x seq scores) still line up and the candidate is timed."""
+    fpd.clear_cache()
+    result = FuseParallelPass(MeasuredDecider(budget_s=0.05), guard=False)(qkv(dynamic=True))
+    (entry,) = result.candidates
+    assert entry["ms_separate"] is not None and f"assumed dims [1, {fpd.ASSUMED_DIM}, 32]" in entry["detail"]
+    given = MeasuredDecider(budget_s=0.05, shapes={"x": [2, 8, 32]})
+    fpd.clear_cache()
+    (entry,) = FuseParallelPass(given, guard=False)(qkv(dynamic=True)).candidates
+    assert "at [2, 8, 32]" in entry["detail"]
 
 
 def test_measured_path_and_guard_keep_the_model_when_nothing_pays(monkeypatch):
