@@ -30,13 +30,15 @@ class OptimizeResult:
     model: ir.Model
     report: Report
     _protect: set[pathlib.Path] = dataclasses.field(default_factory=set, repr=False)
+    sparse_format: str | None = None  # set by pruning: zero-heavy weights are saved as sparse_initializer
 
     def to_onnx(self) -> onnx.ModelProto:
         return ir.serde.serialize_model(self.model)
 
     def save(self, path: str | os.PathLike, *, external_data: bool | None = None) -> list[pathlib.Path]:
         """Write atomically; refuses to overwrite the input model or its external data."""
-        written = io.save(self.model, path, external_data=external_data, protect=self._protect)
+        written = io.save(self.model, path, external_data=external_data, protect=self._protect,
+                          sparse_format=self.sparse_format)
         self.report.output = str(written[0])
         self.report.file_bytes_after = sum(p.stat().st_size for p in written)
         return written
@@ -91,6 +93,14 @@ def optimize(
     keep_float: Sequence[str] = (),
     eval_output: str | None = None,
     quantize_measure: bool = True,
+    sparsity: float | None = None,
+    structured: bool = False,
+    sparsity_pattern: str | None = None,
+    low_rank: float | str | None = None,
+    sparsity_scope: str = "layer",
+    prune_criterion: str = "l1",
+    channel_multiple: int = 8,
+    sparse_format: str = "ort",
     progress: Callable[[str], None] | None = None,
 ) -> OptimizeResult:
     """Optimize a model (path, onnx.ModelProto or ir.Model); the source is never modified.
@@ -107,6 +117,12 @@ def optimize(
     time candidates on, `measure=False` gives them a cost model instead; with `bench`, the
     original and optimized models are timed side by side on that target and the ratios go
     to `result.report.sections["bench"]`.
+    Compression runs before quantization, on the same data and budget (passes/compress_stage.py):
+    `sparsity` (magnitude pruning, `sparsity_scope` "layer" or "global"; with `structured`,
+    that share of channels is removed, by `prune_criterion` "l1", "l2" or "bn", kept counts
+    rounded to `channel_multiple`), `sparsity_pattern` ("2:4"), `low_rank` (energy 0.95, or
+    "rank:0.25"); zeroed weights are saved as sparse_initializer (`sparse_format` "ort" or
+    "onnx"); figures in `result.report.sections["compression"]`.
     """
     from passes import DEFAULT_LEVEL, OPTION_PASSES, REGISTRY, level_names  # the one place the engine meets the passes
     from graphopt.bench import resolve_provider
@@ -158,14 +174,35 @@ def optimize(
     if verification is not None and verification.status == "skipped":
         warnings.append(f"not verified: {verification.reason}")
     warnings += _training_warnings(result.stats, inference)
-    lossy_section = None
+    lossy_section = compressed = None
+    budget = max_accuracy_drop
+    compress = sparsity is not None or sparsity_pattern or low_rank is not None
+    if compress and verification is not None and verification.status == "failed":
+        warnings.append("compression skipped: the lossless result failed verification")
+    elif compress:
+        from passes.compress_stage import CompressOptions, run_compress, saved_bytes
+
+        compressed = run_compress(working, CompressOptions(
+            sparsity=sparsity, structured=structured, sparsity_pattern=sparsity_pattern, low_rank=low_rank,
+            sparsity_scope=sparsity_scope, prune_criterion=prune_criterion, channel_multiple=channel_multiple,
+            sparse_format=sparse_format, eval=eval, calibration=calibration, max_accuracy_drop=max_accuracy_drop,
+            later_steps=int(bool(quantize)), eval_output=eval_output, preprocess=preprocess, shapes=shapes,
+            bn_source=model, measure=quantize_measure, provider=provider, threads=threads), progress=progress)
+        working, after, file_after = compressed.model, analyze(compressed.model), compressed.section["file_bytes"]
+        warnings.extend(compressed.warnings)
+        if budget is not None and compressed.drop is not None:  # quantization gets what is left
+            budget = max(0.0, budget - compressed.drop)
     if quantize:
         working, after, file_after, lossy_section = _lossy_stage(
             working, after, file_after, verification, warnings, progress, mode=quantize, calibration=calibration,
-            eval=eval, max_accuracy_drop=max_accuracy_drop, calibration_method=calibration_method,
+            eval=eval, max_accuracy_drop=budget, calibration_method=calibration_method,
             calibration_samples=calibration_samples, preprocess=preprocess, keep_io_types=keep_io_types,
             int8_scheme=int8_scheme, keep_float=tuple(keep_float), eval_output=eval_output, shapes=shapes,
             measure=quantize_measure)
+        if compressed is not None and lossy_section is not None:
+            compressed.score_final(working)
+            if compressed.sparse_format:
+                file_after = saved_bytes(working, compressed.sparse_format)
     bench_section = None
     if bench:  # the final model (after any lossy stage) against the original, on the target provider
         if progress:
@@ -183,9 +220,11 @@ def optimize(
                                             for c in options.extra["fuse_parallel"]}
     if bench_section is not None:
         report.sections["bench"] = bench_section
+    if compressed is not None:
+        report.sections["compression"] = compressed.section
     if lossy_section is not None:
         report.sections["quantization"] = lossy_section
-    return OptimizeResult(working, report, protect)
+    return OptimizeResult(working, report, protect, sparse_format=compressed and compressed.sparse_format)
 
 
 def _bench_section(original, optimized: ir.Model, provider: str, threads: int | None, shapes, data,

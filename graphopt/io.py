@@ -105,9 +105,13 @@ def _load_path(path: pathlib.Path) -> ir.Model:
     with open(path, "rb") as f:
         head = f.read(64)
     try:
-        model = ir.load(path)
-        if sparse.has_unresolved_inputs(model):  # onnx-ir drops sparse_initializer: read them dense
-            model = sparse.load_densified(path) or model
+        with sparse.held_missing_input_warnings() as release:
+            model = ir.load(path)
+            if sparse.has_unresolved_inputs(model):  # onnx-ir drops sparse_initializer: read them dense
+                densified = sparse.load_densified(path)
+                if densified is None:
+                    release()
+                model = densified or model
     except DecodeError as e:
         raise InputError(_decode_failure(path, head)) from e
     except (OSError, ValueError, RuntimeError, TypeError) as e:

@@ -25,8 +25,9 @@ any model that has them (the plain checker passes with "onnx").
 from __future__ import annotations
 
 __all__ = ["FORMATS", "SparseStats", "sparsify_proto", "densify_proto", "sparse_bytes", "index_dtype",
-           "write_sparse", "load_densified", "has_unresolved_inputs"]
+           "write_sparse", "load_densified", "has_unresolved_inputs", "held_missing_input_warnings"]
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -195,3 +196,35 @@ def load_densified(path: str | os.PathLike) -> ir.Model | None:
     model = ir.serde.deserialize_model(proto)
     ir.external_data.set_base_dir(model.graph, os.path.dirname(os.path.abspath(path)))
     return model
+
+
+class _Hold(logging.Filter):
+    def __init__(self):
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "cannot be found in any scope" in record.getMessage():
+            self.records.append(record)
+            return False
+        return True
+
+
+@contextlib.contextmanager
+def held_missing_input_warnings():
+    """Hold onnx-ir's "cannot be found in any scope" warnings while loading; yields a callback
+    that re-emits them (call it when the missing values were not sparse initializers)."""
+    serde_logger = logging.getLogger("onnx_ir.serde")
+    hold = _Hold()
+    serde_logger.addFilter(hold)
+
+    def release():
+        serde_logger.removeFilter(hold)
+        records, hold.records = hold.records, []
+        for record in records:
+            serde_logger.handle(record)
+
+    try:
+        yield release
+    finally:
+        serde_logger.removeFilter(hold)
