@@ -98,6 +98,28 @@ def optimize(
                                     help="auto | u8s8 | u8s8-reduced | u8u8 | s8s8 (auto picks for this CPU)."),
     keep_float: Optional[str] = typer.Option(None, "--keep-float", help="Node names never quantized (comma-separated)."),
     eval_output: Optional[str] = typer.Option(None, "--eval-output", help="Graph output scored [first output]."),
+    sparsity: Optional[float] = typer.Option(None, "--sparsity",
+                                             help="Prune this share of weights by magnitude (file shrinks; no CPU "
+                                                  "speed-up), or of channels with --structured (FLOPs and latency fall)."),
+    structured: bool = typer.Option(False, "--structured",
+                                    help="With --sparsity: remove whole channels (Conv/Gemm/MatMul outputs and all "
+                                         "that depends on them: residual Adds, Concats, BN, depthwise groups)."),
+    sparsity_pattern: Optional[str] = typer.Option(None, "--sparsity-pattern",
+                                                   help="N:M pattern pruning, e.g. 2:4 (TensorRT sparse tensor cores; "
+                                                        "no CPU speed-up)."),
+    low_rank: Optional[str] = typer.Option(None, "--low-rank",
+                                           help="SVD-factor Gemm/MatMul/Conv where MACs fall: energy kept (0.95) or "
+                                                "rank ratio (rank:0.25)."),
+    sparsity_scope: str = typer.Option("layer", "--sparsity-scope",
+                                       help="Unstructured: layer (each layer to S) | global (one magnitude threshold)."),
+    prune_criterion: str = typer.Option("l1", "--prune-criterion",
+                                        help="Channel importance: l1 | l2 (weight norms) | bn (BatchNorm gamma "
+                                             "of the original model)."),
+    channel_multiple: int = typer.Option(8, "--channel-multiple",
+                                         help="Round kept channel counts to a multiple of this (fast SIMD kernels)."),
+    sparse_format: str = typer.Option("ort", "--sparse-format",
+                                      help="Pruned weights saved as sparse_initializer: ort (narrow indices, "
+                                           "ONNX Runtime only) | onnx (int64 indices, the ONNX spec)."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
     report_file: Optional[pathlib.Path] = typer.Option(None, "--report", help="Also write the report (.json or .md)."),
 ) -> None:
@@ -108,8 +130,13 @@ def optimize(
     out_path = output or _default_output(model)
     if model.exists() and out_path.resolve() == model.resolve():
         raise UsageError(f"{out_path}: output would overwrite the input; choose another path with -o")
+    compress = dict(sparsity=sparsity, structured=structured, sparsity_pattern=sparsity_pattern, low_rank=low_rank,
+                    sparsity_scope=sparsity_scope, prune_criterion=prune_criterion,
+                    channel_multiple=channel_multiple, sparse_format=sparse_format)
     lossy = _lossy_kwargs(quantize, calibration, eval_data, max_accuracy_drop, calibration_method,
-                          calibration_samples, preprocess, keep_io_types, int8_scheme, keep_float, eval_output)
+                          calibration_samples, preprocess, keep_io_types, int8_scheme, keep_float, eval_output,
+                          compress=sparsity is not None or bool(sparsity_pattern) or low_rank is not None)
+    lossy.update(compress)
     result = run_optimize(model, **lossy,
                           level=level, passes=_csv(passes), skip=_csv(skip) or (), outputs=_csv(outputs),
                           shapes=_shapes(shape), inputs=inputs, verify=verify, rtol=rtol, atol=atol,
@@ -134,13 +161,14 @@ def optimize(
 
 
 def _lossy_kwargs(quantize, calibration, eval_data, max_accuracy_drop, method, samples, preprocess, keep_io_types,
-                  scheme, keep_float, eval_output) -> dict:
+                  scheme, keep_float, eval_output, compress: bool = False) -> dict:
     """optimize() keywords of the lossy stage; data paths stay strings ('random' is not a file)."""
-    if quantize is None:
+    if quantize is None and not compress:
         for flag, value in (("--calibration", calibration), ("--eval", eval_data),
                             ("--max-accuracy-drop", max_accuracy_drop)):
             if value is not None:
-                raise UsageError(f"{flag} needs --quantize int8|int8-dynamic|fp16")
+                raise UsageError(f"{flag} needs --quantize int8|int8-dynamic|fp16 (or --sparsity, "
+                                 "--sparsity-pattern, --low-rank)")
     return dict(quantize=quantize, calibration=calibration, eval=eval_data, max_accuracy_drop=max_accuracy_drop,
                 calibration_method=method, calibration_samples=samples, preprocess=preprocess,
                 keep_io_types=keep_io_types, int8_scheme=scheme, keep_float=_csv(keep_float) or (),
