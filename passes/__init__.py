@@ -78,8 +78,9 @@ _SPECS += [
     PassSpec("sink_transposes", _lazy("sink_transposes", "SinkTransposesPass"),
              "Cancel Transpose pairs through element-wise/reduce/Pad/Concat/Resize chains; collapse "
              "Reshape-Transpose-Reshape (MXNet batch_dot) into one Transpose."),
-    PassSpec("fuse_pad_conv", _lazy("fuse_pad_conv", "FusePadIntoConvPass"),
-             "Fold a zero Pad into the Conv after it (tf2onnx's SAME padding), opset 11+."),
+    PassSpec("fuse_pad", _lazy("fuse_pad", "FusePadPass"),
+             "Fold an explicit Pad into the Conv/AveragePool/MaxPool after it (tf2onnx SAME padding, "
+             "ZeroPadding2D), opset 11+; MaxPool only where the padding cannot change the max."),
     PassSpec("set_input_shapes", _lazy("input_shapes", "SetInputShapesPass", shapes=lambda o: o.shapes),
              "Fix the input dims given with --shape in the model (runs first whenever --shape is given)."),
     PassSpec("upgrade_opset", _lazy("upgrade_opset", "UpgradeOpsetPass", target=lambda o: o.target_opset),
@@ -112,7 +113,7 @@ _PLACE = [("training_leftovers", "before", "drop_initializer_inputs"),
           ("unflatten_matmul", "after", "fold_shapes"),
           ("sink_transposes", "after", "unflatten_matmul")]
 # Fusions: level 2 and up (after shape inference, so patterns see ranks and types).
-_PLACE_FUSION = [("recompose_ops", "after", "infer_shapes"), ("fuse_pad_conv", "after", "fold_batchnorm")]
+_PLACE_FUSION = [("recompose_ops", "after", "infer_shapes"), ("fuse_pad", "after", "fold_batchnorm")]
 
 
 def _placed(names: list[str]) -> list[str]:

@@ -2,7 +2,7 @@ import numpy as np
 import onnx
 import pytest
 
-from passes.fuse_pad_conv import FusePadIntoConvPass
+from passes.fuse_pad import FusePadPass
 from tests.util import assert_equivalent, copy, ops, parse, to_proto
 
 W = "{" + ", ".join(str((i % 5) / 5 - 0.4) for i in range(2 * 3 * 3 * 3)) + "}"
@@ -22,8 +22,8 @@ def _model(pads="0,0,0,1,0,0,1,0", out="?,?", text=PAD_CONV):
 def test_tf_same_padding_folds_into_conv_pads():
     model = _model()
     before = copy(model)
-    result = FusePadIntoConvPass()(model)
-    assert result.counters == {"pads_folded": 1}
+    result = FusePadPass()(model)
+    assert result.counters == {"pads_folded_into_conv": 1}
     assert ops(model) == ["Conv"]
     assert list(model.graph.node(0).attributes["pads"].as_ints()) == [1, 1, 2, 0]
     onnx.checker.check_model(to_proto(model), full_check=True)
@@ -42,7 +42,7 @@ def test_tf_same_padding_folds_into_conv_pads():
 ])
 def test_leave_it_alone(model):
     before = copy(model)
-    assert not FusePadIntoConvPass()(model).modified
+    assert not FusePadPass()(model).modified
     assert ops(model) == ops(before)
 
 
@@ -54,7 +54,7 @@ def test_old_opset_is_declined():
             y = Conv(p, w)
         }
     """ % W)
-    assert not FusePadIntoConvPass()(model).modified
+    assert not FusePadPass()(model).modified
 
 
 def test_subgraph():
@@ -68,6 +68,55 @@ def test_subgraph():
         }
     """ % W)
     before = copy(model)
-    assert FusePadIntoConvPass()(model).counters == {"pads_folded": 1}
+    assert FusePadPass()(model).counters == {"pads_folded_into_conv": 1}
     for c in (True, False):
         assert_equivalent(before, model, {"x": np.ones((1, 3, 8, 8), np.float32), "c": np.array(c)})
+
+
+POOL = """
+<ir_version: 8, opset_import: ["" : 15]>
+g (float[batch,3,8,8] x) => (float[batch,3,?,?] y) <int64[8] pads = {0,0,1,1,0,0,1,1}%(value_decl)s> {
+    a = %(source)s
+    p = Pad(a, pads%(value)s)
+    y = %(pool)s <kernel_shape = [3, 3], strides = [2, 2]> (p)
+}
+"""
+
+
+def _pool(pool="MaxPool", source="Relu(x)", value=None):
+    decl = f", float v = {{{value}}}" if value is not None else ""
+    return parse(POOL % {"pool": pool, "source": source, "value": ", v" if value is not None else "",
+                         "value_decl": decl})
+
+
+def _pool_feeds(batch=2):
+    return {"x": np.random.default_rng(2).standard_normal((batch, 3, 8, 8)).astype(np.float32)}
+
+
+@pytest.mark.parametrize("pool, source, value", [
+    ("MaxPool", "Relu(x)", None),          # zeros cannot beat a window max that is already >= 0
+    ("MaxPool", "Neg(x)", "-inf"),         # -inf padding is what MaxPool's pads mean
+    ("AveragePool", "Neg(x)", None),       # zeros counted: count_include_pad=1
+])
+def test_pad_folds_into_pooling(pool, source, value):
+    model = _pool(pool, source, value)
+    before = copy(model)
+    result = FusePadPass()(model)
+    assert result.counters == {"pads_folded_into_pool": 1}
+    assert "Pad" not in ops(model)
+    node = next(n for n in model.graph if n.op_type == pool)
+    assert list(node.attributes["pads"].as_ints()) == [1, 1, 1, 1]
+    for batch in (1, 3):
+        assert_equivalent(before, model, _pool_feeds(batch))
+
+
+@pytest.mark.parametrize("pool, source, value", [
+    ("MaxPool", "Neg(x)", None),            # may be negative: zero padding changes the max
+    ("MaxPool", "Relu(x)", "1.0"),          # padding with 1 is not MaxPool padding
+    ("AveragePool", "Neg(x)", "-inf"),
+])
+def test_pooling_pad_left_alone(pool, source, value):
+    model = _pool(pool, source, value)
+    before = copy(model)
+    assert not FusePadPass()(model).modified
+    assert ops(model) == ops(before)
