@@ -243,9 +243,10 @@ def _layer(an: _Analyzer, node: ir.Node, ins) -> None:
     if op in ("Conv", "ConvTranspose"):
         group = attr_int(node, "group", 1)
         if group != 1:
-            if op == "Conv" and weight.shape[1] == 1 and x is not None and x.axis == 1 and x.inner == 1 \
-                    and group == x.channels and (bias is None or constant_array(bias) is not None):
-                layout = x.moved(1, rank or x.rank, inner=weight.shape[0] // group)  # depthwise: channels pass through
+            if op == "Conv" and weight.shape[1] == 1 and x is not None and x.axis == 1 and group == x.size \
+                    and (bias is None or constant_array(bias) is not None):
+                # depthwise: channels pass through, each input position feeding `multiplier` outputs
+                layout = x.moved(1, rank or x.rank, inner=x.inner * (weight.shape[0] // group))
                 an.accept(node, 0)
                 an.slices += [Slice(node, 1, 0, layout.moved(0, weight.ndim))]
                 if bias is not None:
@@ -254,7 +255,7 @@ def _layer(an: _Analyzer, node: ir.Node, ins) -> None:
                 an.put(out, layout)
             return
         in_axis, out_axis = (1, 0) if op == "Conv" else (0, 1)
-        if x is not None and x.axis == 1 and x.inner == 1:
+        if x is not None and x.axis == 1:
             an.accept(node, 0)
             an.slices.append(Slice(node, 1, in_axis, x.moved(in_axis, weight.ndim)))
         if bias is not None and constant_array(bias) is None:
@@ -458,25 +459,45 @@ def _flatten(an: _Analyzer, node: ir.Node, ins) -> None:
     an.put(node.outputs[0], x.moved(1, 2, inner=x.inner * int(np.prod(dims[x.axis + 1:], dtype=np.int64))))
 
 
+def _channel_axis_after_reshape(src: list, a: int, dst: list) -> tuple[int, bool] | None:
+    """Where the channel axis `a` of `src` lands in `dst`: (axis, flattened with what follows), or None
+    when the reshape splits or scatters it. Leading dims equal in both (symbolic batch) pair up; the
+    rest must be static and match by products."""
+    lead = 0
+    while lead < min(a, len(dst)) and _same_dim(src[lead], dst[lead]):
+        lead += 1
+    rest_src, rest_dst = src[lead:], dst[lead:]
+    if not all(isinstance(d, int) for d in [*rest_src, *rest_dst]):
+        return None
+    before = int(np.prod(src[lead:a], dtype=np.int64))
+    for b in range(lead, len(dst)):
+        if int(np.prod(dst[lead:b], dtype=np.int64)) != before:
+            continue
+        if dst[b] == src[a]:
+            return b, False
+        if b == len(dst) - 1 and dst[b] == int(np.prod(src[a:], dtype=np.int64)):
+            return b, True
+    return None
+
+
 def _reshape(an: _Analyzer, node: ir.Node, ins) -> None:
     x, value, out = ins[0], node.inputs[0], node.outputs[0]
     target = constant_array(node.inputs[1]) if len(node.inputs) > 1 else None
     if ins[1] is not None or target is None or value.shape is None or out.shape is None:
         return
-    a, src, dst = x.axis, list(value.shape), list(out.shape)
-    if len(dst) <= a or not all(_same_dim(p, q) for p, q in zip(src[:a], dst[:a])):
-        return
-    if _same_dim(src[a], dst[a]):
-        layout = x.moved(a, len(dst))  # the channel axis survives whole
-    elif len(dst) == a + 1 and all(isinstance(d, int) for d in src[a:]) and dst[a] == int(np.prod(src[a:])):
-        layout = x.moved(a, a + 1, inner=x.inner * int(np.prod(src[a + 1:], dtype=np.int64)))  # flattened into it
-    else:
-        return  # splits the channel axis (attention heads) or moves it
-    if target.reshape(-1)[a] == 0 and not _same_dim(src[a], dst[a]):
+    src, dst = list(value.shape), list(out.shape)
+    where = _channel_axis_after_reshape(src, x.axis, dst)
+    if where is None or target.size != len(dst):
+        return  # splits the channel axis (attention heads) or scatters it
+    b, flattened = where
+    inner = x.inner * (int(np.prod(src[x.axis + 1:], dtype=np.int64)) if flattened else 1)
+    layout = x.moved(b, len(dst), inner=inner)
+    entry = int(target.reshape(-1)[b])
+    if entry == 0 and (b != x.axis or flattened):
         return
     an.accept(node, 0)
-    if target.reshape(-1)[a] > 0:
-        an.reshapes.append((node, a, layout))
+    if entry > 0:
+        an.reshapes.append((node, b, layout))
     an.put(out, layout)
 
 
