@@ -114,7 +114,10 @@ def resolve_provider(name: str | None) -> list[str]:
             f"execution provider {short!r} ({ort_name}) is not available in this onnxruntime {ort.__version__} "
             f"(it has: {', '.join(available)}); install {package} in place of onnxruntime "
             f"(pip uninstall onnxruntime && pip install {package.split(' ')[0]})")
-    return [ort_name] + (["CPUExecutionProvider"] if ort_name != "CPUExecutionProvider" else [])
+    chain = [ort_name]
+    if short == "tensorrt" and "CUDAExecutionProvider" in available:
+        chain.append("CUDAExecutionProvider")  # what TensorRT cannot take runs on CUDA before CPU
+    return chain + (["CPUExecutionProvider"] if ort_name != "CPUExecutionProvider" else [])
 
 
 def session_options(threads: int | None = None, ort_level: str = "all",

@@ -266,7 +266,7 @@ class FuseParallelPass(ir.passes.InPlacePass):
         from passes import fuse_parallel_decide as fpd
 
         self.decide = decide or (fpd.MeasuredDecider(provider, threads, shapes=shapes) if measure
-                                 else fpd.CostModelDecider(provider))
+                                 else fpd.CostModelDecider(provider, threads))
         if guard is None and decide is None and measure:
             guard = fpd.WholeModelGuard(provider, threads, shapes=shapes)
         self.guard = guard or None  # guard=False: no whole-model check

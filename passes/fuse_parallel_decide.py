@@ -316,7 +316,7 @@ class MeasuredDecider:
         self.shapes = shapes
         self.min_gain = min_gain
         self.budget_s = budget_s
-        self.fallback = fallback or CostModelDecider(provider)
+        self.fallback = fallback or CostModelDecider(provider, threads)
 
     def __call__(self, model: ir.Model, cand: Candidate) -> Decision:
         env = _dim_env(model, self.shapes)
@@ -351,18 +351,20 @@ class MeasuredDecider:
 class CostModelDecider:
     """Decide without measuring, from shapes alone.
 
-    Fitted to interleaved timings on ORT's CPU provider (MLAS, 2 threads, spinning off; see
+    Fitted to interleaved timings on ORT's CPU provider (MLAS, spinning off; see
     tools/bench_fusion.py): merging MatMul/Gemm pays when the work per member is small, so the
-    per-op cost (dispatch to the thread pool, output allocation) dominates: few rows (batch x
-    sequence <= `max_rows`; 8-20% faster at 1-16 rows) or many narrow members (>= 4 of width
-    <= 64, e.g. per-head projections). With many rows the GEMMs are compute-bound and the
-    merged one was no faster (+-2%), sometimes slower (a 768x2304 weight: 9-17%). Merged Convs
-    never paid reliably (the Split breaks ORT's NCHWc chains), so Conv candidates are declined.
-    Providers that launch one kernel per node (CUDA, TensorRT, DirectML) gain from fewer
-    launches: always merge.
+    per-op cost dominates. Many narrow members (>= 4 of width <= 64, e.g. per-head
+    projections) paid 30-60% with 1 or 2 threads. Few rows (batch x sequence <= `max_rows`)
+    paid 3-20% with 2 threads, where each op is a dispatch to the thread pool, and nothing with
+    `threads=1`. With many rows the GEMMs are compute-bound and the merged one was no faster
+    (+-2%), sometimes slower (a 768x2304 weight: 9-17%). Merged Convs never paid reliably (the
+    Split breaks ORT's NCHWc chains), so Conv candidates are declined. Providers that launch
+    one kernel per node (CUDA, TensorRT, DirectML) gain from fewer launches: always merge.
     """
 
-    def __init__(self, provider: str = "cpu", *, max_rows: int = 32, narrow: int = 64, many: int = 4):
+    def __init__(self, provider: str = "cpu", threads: int | None = None, *, max_rows: int = 32, narrow: int = 64,
+                 many: int = 4):
+        self.threads = threads
         self.provider = (provider or "cpu").lower()
         self.max_rows = max_rows
         self.narrow = narrow
@@ -378,10 +380,10 @@ class CostModelDecider:
             rows = dims[-1]
         else:
             rows = math.prod(dims[:-1]) if dims else None
-        if rows is not None and rows <= self.max_rows:
-            return Decision(True, None, "cost model", f"{rows} rows: per-op cost dominates")
         if len(cand.members) >= self.many and max(cand.widths) <= self.narrow:
             return Decision(True, None, "cost model", f"{len(cand.members)} members of width <= {self.narrow}")
+        if rows is not None and rows <= self.max_rows and self.threads != 1:
+            return Decision(True, None, "cost model", f"{rows} rows: thread-pool dispatch per op dominates")
         return Decision(False, None, "cost model", f"{rows} rows: compute-bound, merging does not pay")
 
 

@@ -169,7 +169,7 @@ def run_case(case: dict, args) -> dict:
     start = time.perf_counter()
     level3 = graphopt.optimize(case["path"], level=3, **common)
     t3 = time.perf_counter() - start
-    cost = CostModelDecider("cpu")
+    cost = CostModelDecider("cpu", args.threads)
     cost_verdicts = {c.name: cost(level2.model, c).apply for c in find_candidates(level2.model.graph)}
     candidates = []
     for name, entry in level3.report.sections.get("fuse_parallel", {}).items():

@@ -382,6 +382,7 @@ def test_cost_model_without_measuring():
     assert not FuseParallelPass(measure=False)(long).modified
     assert FuseParallelPass(measure=False)(heads(seq=128)).modified  # eight narrow members
     assert not FuseParallelPass(measure=False)(conv).modified
+    assert not FuseParallelPass(measure=False, threads=1)(qkv(seq=8, d=256)).modified  # no pool dispatch to save
     accel = CostModelDecider("cuda")
     assert accel(conv, find_candidates(conv.graph)[0]).apply
 
