@@ -13,6 +13,8 @@ is a number, a named symbolic dim (`batch`) or unknown, then:
    the other elements are positive numbers (so an empty tensor cannot make -1 ambiguous).
 3. `Expand(x, shape)` whose shape is 1 or x's own dim at every (right-aligned) position,
    and no longer than x's rank, is removed: it returns x unchanged.
+4. `Flatten(x, axis=1)` of a rank-2 x (MXNet's Flatten before a Dense after a Flatten) is
+   removed: it returns x unchanged.
 
 A symbolic dim is never replaced by a number: dims the model leaves dynamic stay dynamic
 unless the user fixes them (`--shape`, `SetInputShapesPass`), after which everything that
@@ -91,6 +93,8 @@ class FoldShapesPass(ir.passes.InPlacePass):
                 changed |= self._constant_reshape(node, env, dims, taken, counters)
             elif node.op_type == "Expand":
                 changed |= self._drop_expand(node, env, dims, counters)
+            elif node.op_type == "Flatten":
+                changed |= self._drop_flatten(node, dims, counters)
         _sweep_shape_nodes(nodes, env)
         for node in nodes:
             if node.graph is not None and is_default_domain(node):
@@ -152,6 +156,18 @@ class FoldShapesPass(ir.passes.InPlacePass):
         return True
 
     @staticmethod
+    def _drop_flatten(node: ir.Node, dims, counters) -> bool:
+        """Case 4."""
+        x = node.inputs[0]
+        if x is None or attr_int(node, "axis", 1) not in (1, -1) or not _rank2(x, dims):
+            return False
+        if not remove_node_keep_value(node, x):
+            return False
+        counters["flattens_removed"] += 1
+        logger.debug("Flatten %s of a rank-2 value: removed", node.name)
+        return True
+
+    @staticmethod
     def _drop_expand(node: ir.Node, env, dims, counters) -> bool:
         """Case 3."""
         if len(node.inputs) < 2 or node.inputs[1] is None:
@@ -177,13 +193,20 @@ def _is_trigger(node: ir.Node) -> bool:
     """Shape arithmetic worth running shape inference for."""
     if not is_default_domain(node):
         return False
-    if node.op_type in ("Shape", "Size", "Expand"):
+    if node.op_type in ("Shape", "Size", "Expand", "Flatten"):
         return True
     return node.op_type == "Reshape" and len(node.inputs) > 1 and constant_array(node.inputs[1]) is None
 
 
 def _signature(model: ir.Model) -> tuple:
     return tuple((id(n), tuple(id(v) for v in n.inputs)) for n in ir.traversal.RecursiveGraphIterator(model.graph))
+
+
+def _rank2(value: ir.Value, dims) -> bool:
+    d = dims.of(value)
+    producer = value.producer()
+    return (d is not None and len(d) == 2) or (producer is not None and producer.op_type == "Flatten"
+                                                and is_default_domain(producer))
 
 
 def _sweep_shape_nodes(nodes: list[ir.Node], env) -> None:

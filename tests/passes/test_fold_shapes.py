@@ -218,3 +218,26 @@ def test_weights_stay_constants_after_shape_inference():
     FoldShapesPass()(model)
     assert not w.is_graph_input() and w.const_value is not None
     assert [v.name for v in model.graph.inputs] == ["x"]
+
+
+def test_flatten_of_a_flattened_value_is_removed():
+    model = parse("""
+        <ir_version: 8, opset_import: ["" : 13]>
+        g (float[batch,8,1,1] x) => (float[batch,8] y) {
+            f = Flatten(x)
+            g2 = Flatten(f)
+            y = Relu(g2)
+        }
+    """)
+    before, result = _fold(model)
+    assert result.counters == {"flattens_removed": 1}
+    assert ops(model) == ["Flatten", "Relu"]
+    assert_equivalent(before, model, {"x": np.ones((3, 8, 1, 1), np.float32)})
+
+
+def test_flatten_that_merges_dims_is_kept():
+    model = parse("""
+        <ir_version: 8, opset_import: ["" : 13]>
+        g (float[batch,8,2] x) => (float[batch,16] y) { y = Flatten(x) }
+    """)
+    assert not FoldShapesPass()(model).modified
