@@ -1,0 +1,180 @@
+"""Every ONNX node conformance case that ORT computes correctly stays correct after `graphopt.optimize`.
+
+The cases are `onnx.backend.test.case.node.collect_testcases()`: one tiny model per operator
+variant with inputs and expected outputs. A case counts when ONNX Runtime (CPU, graph
+optimizations off so that ORT's own rewrites cannot hide ours) reproduces the expected
+outputs on the original model; cases it gets wrong or cannot run are skipped with one
+shared reason, so the summary line counts them. For every counted case the model
+`graphopt.optimize(model, verify=False)` returns at the default level must give the
+expected outputs too. Nothing is cached on disk: ORT decides each run.
+
+Run alone: `python -m pytest tests/test_conformance.py -n 2 -q`.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+import graphopt
+
+RTOL = 1e-3
+ATOL = 1e-5
+
+SKIP_ORT_FAILS = "ORT cannot run the original"
+SKIP_ORT_WRONG = "ORT computes the original wrongly"
+
+
+@functools.lru_cache(maxsize=1)
+def cases() -> dict[str, object]:
+    """Node cases that carry a model and at least one data set, by name (once per process)."""
+    from onnx.backend.test.case.node import collect_testcases
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the generators overflow casts on purpose
+        collected = collect_testcases()
+    return {c.name: c for c in collected if c.model is not None and c.data_sets}
+
+
+def _normalize(item):
+    """As onnx's backend runner and ORT's backend do: TensorProto and numpy scalars become arrays."""
+    if isinstance(item, onnx.TensorProto):
+        return onnx.numpy_helper.to_array(item)
+    if isinstance(item, np.generic):
+        return np.array(item)
+    if isinstance(item, (list, tuple)):
+        return [_normalize(x) for x in item]
+    return item
+
+
+def _session(model: onnx.ModelProto) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def run(model: onnx.ModelProto, data_sets) -> list[list]:
+    """ORT's outputs for each data set; inputs are bound by position, as onnx's backend runner does."""
+    session = _session(model)
+    names = [i.name for i in session.get_inputs()]
+    results = []
+    for inputs, _ in data_sets:
+        if len(inputs) != len(names):
+            raise ValueError(f"{len(inputs)} inputs given, session wants {len(names)}")
+        results.append(session.run(None, dict(zip(names, map(_normalize, inputs)))))
+    return results
+
+
+def mismatch(expected, got, path: str = "output") -> str | None:
+    """Why `got` is not `expected` (shape, dtype, values; NaN-aware), or None when they agree."""
+    if expected is None or got is None:
+        return None if expected is None and got is None else f"{path}: {got!r} != {expected!r}"
+    if isinstance(expected, (list, tuple)):
+        if not isinstance(got, (list, tuple)) or len(got) != len(expected):
+            return f"{path}: got {type(got).__name__} of {len(got) if hasattr(got, '__len__') else '?'}, " \
+                   f"expected a sequence of {len(expected)}"
+        for i, (e, g) in enumerate(zip(expected, got)):
+            why = mismatch(e, g, f"{path}[{i}]")
+            if why:
+                return why
+        return None
+    expected, got = np.asarray(expected), np.asarray(got)
+    if expected.shape != got.shape:
+        return f"{path}: shape {got.shape} != expected {expected.shape}"
+    if expected.dtype == object or expected.dtype.kind in "USO":
+        return None if np.array_equal(expected, got) else f"{path}: strings differ"
+    if expected.dtype != got.dtype:
+        return f"{path}: dtype {got.dtype} != expected {expected.dtype}"
+    if expected.dtype.kind not in "fciub":  # ml_dtypes (bfloat16, float8, int4): compare as float32
+        expected, got = expected.astype(np.float32), got.astype(np.float32)
+    try:
+        np.testing.assert_allclose(got, expected, rtol=RTOL, atol=ATOL, equal_nan=True)
+    except AssertionError as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip().startswith(("Max", "Mismatched"))]
+        return f"{path}: values differ ({'; '.join(lines)})"
+    return None
+
+
+def compare(case, outputs: list[list]) -> str | None:
+    for (_, expected), got in zip(case.data_sets, outputs):
+        if len(expected) != len(got):
+            return f"{len(got)} outputs, expected {len(expected)}"
+        for i, (e, g) in enumerate(zip(expected, got)):
+            why = mismatch(_normalize(e), g, f"output {i}")
+            if why:
+                return why
+    return None
+
+
+def ort_gets_right(case) -> tuple[bool, str]:
+    """(True, "") when ORT reproduces the case's expected outputs on the original model."""
+    try:
+        outputs = run(case.model, case.data_sets)
+    except Exception as e:  # noqa: BLE001 - any ORT refusal means the case is out of scope
+        return False, f"{SKIP_ORT_FAILS}: {str(e).splitlines()[0][:200] if str(e) else type(e).__name__}"
+    why = compare(case, outputs)
+    return why is None, f"{SKIP_ORT_WRONG}: {why}" if why else ""
+
+
+def optimized_breakage(case) -> str | None:
+    """None when the optimized model still gives the expected outputs, else why not."""
+    try:
+        result = graphopt.optimize(case.model, verify=False)
+        optimized = result.to_onnx()
+    except Exception as e:  # noqa: BLE001 - reported as the case's breakage
+        return f"optimize raised {type(e).__name__}: {e}"
+    try:
+        outputs = run(optimized, case.data_sets)
+    except Exception as e:  # noqa: BLE001
+        return f"ORT cannot run the optimized model: {str(e).splitlines()[0][:300]}"
+    why = compare(case, outputs)
+    return f"wrong result after optimize: {why}" if why else None
+
+
+def _names() -> list[str]:
+    return sorted(cases())
+
+
+@pytest.mark.parametrize("name", _names())
+def test_conformance_case_survives_optimize(name):
+    case = cases()[name]
+    ok, why = ort_gets_right(case)
+    if not ok:
+        # One shared reason per kind keeps `-ra` to two summary lines with counts.
+        pytest.skip(SKIP_ORT_FAILS if why.startswith(SKIP_ORT_FAILS) else SKIP_ORT_WRONG)
+    breakage = optimized_breakage(case)
+    assert breakage is None, f"{name}: {breakage}"
+
+
+if __name__ == "__main__":  # figures for the record: python tests/test_conformance.py
+    import collections
+    import pathlib
+    import sys
+    import time
+
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # `passes` is the repo's, not tests/passes
+
+    start = time.perf_counter()
+    tally: collections.Counter = collections.Counter()
+    broken = {}
+    for name in _names():
+        case = cases()[name]
+        ok, why = ort_gets_right(case)
+        if not ok:
+            tally["ort_fails" if why.startswith(SKIP_ORT_FAILS) else "ort_wrong"] += 1
+            continue
+        tally["ort_right"] += 1
+        breakage = optimized_breakage(case)
+        if breakage:
+            broken[name] = breakage
+    print(f"{len(cases())} cases: ORT right on {tally['ort_right']}, wrong on {tally['ort_wrong']}, "
+          f"cannot run {tally['ort_fails']}; broken by graphopt: {len(broken)} "
+          f"({time.perf_counter() - start:.0f} s)")
+    for name, why in sorted(broken.items()):
+        print(f"  {name}: {why}")
