@@ -18,6 +18,9 @@ Cases (default domain only), in every graph: main graph, If/Loop/Scan bodies, fu
    s2 cannot copy a dim from the intermediate (no 0 in s2 unless allowzero=1).
 9. `Squeeze(Unsqueeze(x, a), a)` and `Unsqueeze(Squeeze(x, a), a)` -> x, axes known and equal
    after normalizing negative ones (needs the rank only when an axis is negative).
+10. `x + 0`, `0 + x`, `x - 0`, `x * 1`, `1 * x`, `x / 1` with a constant one-element neutral
+   operand that cannot broadcast x to a larger rank (a scalar, or rank <= x's known rank);
+   Paddle's `scale` op writes them (x * s + 0).
 
 Refused: anything whose proof needs unknown dtypes, shapes or non-constant attributes;
 custom domains; pairs whose first node lives in another graph. Graph input/output names
@@ -210,7 +213,27 @@ def _squeeze_pair(node, opset):
     return _replace(node, x, first) and "squeeze_pairs_cancelled"
 
 
-_RULES = {"Identity": _identity, "Dropout": _dropout, "Cast": _cast, "CastLike": _cast,
+def _neutral(node, opset):
+    """Case 10: an Add/Sub of 0 or Mul/Div by 1 that returns x unchanged."""
+    if len(node.inputs) != 2 or node.inputs[1] is None:
+        return None
+    neutral = 0.0 if node.op_type in ("Add", "Sub") else 1.0
+    sides = [(0, 1), (1, 0)] if node.op_type in ("Add", "Mul") else [(0, 1)]
+    for xi, ci in sides:
+        x, c = node.inputs[xi], node.inputs[ci]
+        const = constant_array(c)
+        if x is None or const is None or const.size != 1 or const.dtype.kind not in "fiu":
+            continue
+        if float(const.reshape(-1)[0]) != neutral:
+            continue
+        rank = _rank(x)
+        if const.ndim > 0 and (rank is None or const.ndim > rank):
+            continue  # could broadcast x up to the constant's rank
+        return _replace(node, x) and "neutral_op_removed"
+    return None
+
+
+_RULES = {"Add": _neutral, "Sub": _neutral, "Mul": _neutral, "Div": _neutral, "Identity": _identity, "Dropout": _dropout, "Cast": _cast, "CastLike": _cast,
           "Reshape": _reshape, "Transpose": _transpose, "Pad": _pad,
           "Squeeze": _squeeze_pair, "Unsqueeze": _squeeze_pair}
 

@@ -343,3 +343,30 @@ def test_reshape_pairs(s1, s2):
     merged = 0 not in s2
     assert result.counters.get("reshapes_merged", 0) == int(merged)
     assert ops(model).count("Reshape") == (2 - merged - int(merged and out == [2, 3, 4]))
+
+
+# --- case 10: neutral arithmetic (Paddle's scale op writes x * s + 0) ---------------------------------
+
+@pytest.mark.parametrize("body, expected", [
+    ("t = Relu(x)\n y = Add(t, zero)", ["Relu"]),
+    ("t = Relu(x)\n y = Add(zero, t)", ["Relu"]),
+    ("t = Relu(x)\n y = Mul(t, one)", ["Relu"]),
+    ("t = Relu(x)\n y = Div(t, one)", ["Relu"]),
+    ("t = Relu(x)\n y = Sub(t, zero)", ["Relu"]),
+    ("t = Relu(x)\n y = Sub(zero, t)", ["Relu", "Sub"]),       # 0 - x is not x
+    ("t = Relu(x)\n y = Div(one, t)", ["Relu", "Div"]),        # 1 / x is not x
+    ("t = Relu(x)\n y = Add(t, two)", ["Relu", "Add"]),
+    ("t = Relu(x)\n y = Add(t, zero4)", ["Relu", "Add"]),      # rank 4 > rank 2: broadcasts x up
+])
+def test_neutral_arithmetic(body, expected):
+    model = parse(f"""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[batch,3] x) => ({"float[?,?,?,?]" if "zero4" in body else "float[batch,3]"} y)
+          <float zero = {{0}}, float one = {{1}}, float two = {{2}}, float[1,1,1,1] zero4 = {{0}}> {{
+            {body}
+        }}
+    """)
+    before = copy(model)
+    EliminateNoOpsPass()(model)
+    assert ops(model) == expected
+    assert_equivalent(before, model, {"x": np.array([[1, -2, 3], [0, 5, -6]], np.float32)})
