@@ -17,6 +17,9 @@ __all__ = [
     "model_names",
     "fresh_name",
     "CHANNEL_LAYERS",
+    "FILL_MIN_BYTES",
+    "fill_value",
+    "is_fill",
     "ConstantAlgebra",
     "drop_if_unused",
     "fold_output_channel_affine",
@@ -155,8 +158,9 @@ def remove_node_keep_value(node: ir.Node, replacement: ir.Value) -> bool:
 
 
 def model_names(model: ir.Model) -> set[str]:
-    """Every value name in the model: all graphs (subgraph inputs and initializers included)
-    and all functions. Use with `fresh_name` when a subgraph must not shadow an outer name."""
+    """Every value name and node name in the model: all graphs (subgraph inputs and
+    initializers included) and all functions. Use with `fresh_name` for new values (a
+    subgraph must not shadow an outer name) and new nodes (ORT rejects two nodes of one name)."""
     names: set[str] = set()
     for graph in graphs_of(model):
         names.update(v.name for v in graph.inputs if v.name)
@@ -164,6 +168,8 @@ def model_names(model: ir.Model) -> set[str]:
             names.update(graph.initializers)
         for node in graph:
             names.update(v.name for v in node.outputs if v.name)
+            if node.name:
+                names.add(node.name)
     return names
 
 
@@ -186,6 +192,33 @@ _NOT_CONSTANT_EXPRESSION = frozenset({
     "Bernoulli", "Dropout", "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear",
 })
 CHANNEL_LAYERS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
+# A uniform tensor bigger than this is kept (or written) as ConstantOfShape, never stored:
+# ORT computes a fill at session start for free, the file would carry every element.
+FILL_MIN_BYTES = 128
+_SHAPE_ONLY = frozenset({"Identity", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Expand"})
+
+
+def is_fill(array: np.ndarray) -> bool:
+    """A uniform array over FILL_MIN_BYTES: better as ConstantOfShape than as stored data."""
+    return array.nbytes > FILL_MIN_BYTES and bool(np.all(array == array.flat[0]))
+
+
+def fill_value(value: ir.Value | None) -> np.ndarray | None:
+    """The scalar a value is filled with, if it is a ConstantOfShape (of a constant shape)
+    seen through shape-only ops (Reshape, Unsqueeze, Expand, ...); else None."""
+    while value is not None and not value.is_graph_input():
+        producer = value.producer()
+        if producer is None or not is_default_domain(producer):
+            return None
+        if producer.op_type == "ConstantOfShape":
+            attr = producer.attributes.get("value")
+            if not is_constant_expression(producer.inputs[0]) or (attr is not None and attr.is_ref()):
+                return None
+            return np.zeros((), np.float32) if attr is None else attr.as_tensor().numpy().reshape(-1)[0:1].reshape(())
+        if producer.op_type not in _SHAPE_ONLY or not all(is_constant_expression(v) for v in producer.inputs[1:]):
+            return None
+        value = producer.inputs[0]
+    return None
 
 
 def is_constant_expression(value: ir.Value | None, max_nodes: int = 64) -> bool:
@@ -263,13 +296,13 @@ class ConstantAlgebra:
 
     def value(self, x, base: str) -> ir.Value:
         """An ir.Value for x: arrays become new initializers of the target dtype, except that a
-        uniform array over 128 bytes becomes a ConstantOfShape node (a fill costs no file space)."""
+        fill (`is_fill`) becomes a ConstantOfShape node (a fill costs no file space)."""
         if isinstance(x, ir.Value):
             return x
         array = np.asarray(x)
         if array.dtype.kind == "f":
             array = array.astype(self.dtype.numpy())
-        if array.nbytes > 128 and np.all(array == array.flat[0]):
+        if is_fill(array):
             shape = self.initializer(np.array(array.shape, np.int64), f"{base}_shape")
             fill = ir.tensor(array.reshape(-1)[:1])
             return self._node("ConstantOfShape", [shape], {"value": fill}, base)
@@ -287,8 +320,33 @@ class ConstantAlgebra:
         if a is None or b is None:
             return b if a is None else a
         if isinstance(a, ir.Value) or isinstance(b, ir.Value):
-            return self._node(op_type, [a, b])
+            simpler = self._fold_into_producer(op_type, a, b, fn) if op_type in ("Mul", "Add") else None
+            return simpler if simpler is not None else self._node(op_type, [a, b])
         return fn(np.asarray(a, np.float64), np.asarray(b, np.float64))
+
+    def _fold_into_producer(self, op_type: str, a, b, fn) -> ir.Value | None:
+        """Value op array, without stacking nodes when the Value is itself
+        ConstantOfShape(s, v)        -> ConstantOfShape(s, v op c) for a size-1 c, or
+        x op2 c1 (op2 == op, c1 an array) -> x op (c1 op c)."""
+        value, array = (a, b) if isinstance(a, ir.Value) else (b, a)
+        producer = value.producer()
+        if isinstance(array, ir.Value) or producer is None or not is_default_domain(producer):
+            return None
+        array = np.asarray(array, np.float64)
+        shape = static_shape(value)
+        if producer.op_type == "ConstantOfShape" and array.size == 1 and static_dtype(value) == self.dtype \
+                and (array.ndim == 0 or (shape is not None and array.ndim <= len(shape))) \
+                and is_constant_expression(producer.inputs[0]):
+            new = np.asarray(fn(np.float64(fill_value(value)), array.reshape(()))).astype(self.dtype.numpy())
+            return self._node("ConstantOfShape", [producer.inputs[0]], {"value": ir.tensor(new.reshape(1))})
+        if producer.op_type == op_type and len(producer.inputs) == 2 and shape is not None:
+            for x, c in (producer.inputs, reversed(producer.inputs)):
+                inner = constant_array(c)
+                if inner is not None and inner.dtype.kind == "f" and x is not None and x.shape is not None:
+                    combined = fn(inner.astype(np.float64), array)
+                    if combined.ndim <= len(shape):
+                        return self._node(op_type, [x, combined])
+        return None
 
     def mul(self, a, b):
         return self._binary("Mul", a, b, np.multiply)

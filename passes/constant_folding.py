@@ -24,7 +24,11 @@ Cases:
    `size_limit_bytes` AND larger than the inputs the fold frees (inputs used only by this
    node). The output shape is predicted with onnx node-level shape inference before
    evaluating, so ConstantOfShape/Expand/Tile/Range/Resize of large shapes are never even
-   materialized.
+   materialized. Also declined, whatever the limit: a result that is a fill (uniform, over
+   `patterns.FILL_MIN_BYTES` = 128 bytes) and larger than what it frees. ORT computes a
+   fill at session start for nothing, the file would carry every element (the onnx light
+   models build all their weights with ConstantOfShape). Passes that need such values
+   read them with `patterns.fill_value`.
 4. Declined, by op: nondeterministic ops (Random*, Multinomial, Bernoulli, Dropout),
    QuantizeLinear/DequantizeLinear/DynamicQuantizeLinear (the QDQ pairs carry the
    quantization), Constant itself (lifting is another pass), control flow and any node with a
@@ -112,7 +116,8 @@ class FoldConstantsPass(ir.passes.InPlacePass):
                     if not v.is_graph_output() and all(u.node is node for u in v.uses()))
         proto = self._single_node_model(node, tensors)
         predicted = _predicted_nbytes(proto, self._opset)
-        if predicted is not None and self._too_big(predicted, freed):
+        if predicted is not None and (self._too_big(predicted, freed) or (
+                node.op_type == "ConstantOfShape" and patterns.FILL_MIN_BYTES < predicted > freed)):
             logger.debug("not folding %s (%s): %d bytes predicted", node.name, node.op_type, predicted)
             return False
         results = _evaluate(proto)
@@ -126,8 +131,9 @@ class FoldConstantsPass(ir.passes.InPlacePass):
                 logger.debug("not folding %s (%s): unsupported result for %s", node.name, node.op_type, value.name)
                 return False
             new_tensors.append(tensor)
-        if self._too_big(sum(t.nbytes for t in new_tensors), freed):
-            logger.debug("not folding %s (%s): result too large", node.name, node.op_type)
+        nbytes = sum(t.nbytes for t in new_tensors)
+        if self._too_big(nbytes, freed) or (nbytes > freed and any(patterns.is_fill(a) for a in results)):
+            logger.debug("not folding %s (%s): result too large, or a fill", node.name, node.op_type)
             return False
         self._replace(node, graph, outputs, new_tensors, list(tensors))
         return True
@@ -168,7 +174,7 @@ class FoldConstantsPass(ir.passes.InPlacePass):
             graph.register_initializer(new)
         logger.debug("folded %s (%s) into %s", node.name, node.op_type, [v.name for _, v in new_values])
         for value in inputs:
-            _drop_if_unused(value)
+            patterns.drop_if_unused(value)
 
 
 def _const_tensor(value: ir.Value) -> ir.TensorProtocol | None:
@@ -178,16 +184,6 @@ def _const_tensor(value: ir.Value) -> ir.TensorProtocol | None:
         return ir.convenience.get_const_tensor(value)
     except ValueError:  # e.g. a Constant holding a sparse_value: not ours to fold
         return None
-
-
-def _drop_if_unused(value: ir.Value) -> None:
-    if value.uses() or value.is_graph_output() or value.is_graph_input():
-        return
-    owner = value.graph
-    if value.is_initializer() and owner is not None and owner.initializers.get(value.name) is value:
-        owner.initializers.pop(value.name)
-    elif (producer := value.producer()) is not None and producer.op_type == "Constant":
-        producer.graph.remove(producer, safe=True)
 
 
 def _nbytes(tensor: ir.TensorProtocol) -> int:

@@ -10,9 +10,12 @@ biases are new initializers with fresh names, a weight shared with another layer
 exact, a weight that is a constant expression gets a Mul node ORT folds at session start.
 
 Cases:
-1. Mul/Div/Add/Sub of the layer output and a constant array (either operand order for
-   Mul/Add), the layer output used by that node only: folded. Counters `mul_folded`
-   (Mul, Div) and `add_folded` (Add, Sub).
+1. Mul/Div/Add/Sub of the layer output and a constant (either operand order for Mul/Add),
+   the layer output used by that node only: folded. The constant is an initializer or
+   Constant, or a fill: ConstantOfShape seen through Unsqueeze/Reshape/Expand (its shape
+   annotated), as the onnx light models and Caffe2 exports write their affine layers; a
+   uniform constant folds as a scalar. Counters `mul_folded` (Mul, Div) and `add_folded`
+   (Add, Sub).
 2. The constant's shape, right-aligned to the layer output's rank, is 1 everywhere except on
    the output channel axis, where it is 1 or the channel count: Conv/ConvTranspose axis 1
    ([C,1,1], [1,C,1,1], scalars); Gemm axis 1 ([C], [1,C]); MatMul the last axis ([N],
@@ -75,6 +78,9 @@ class FoldAffineIntoWeightsPass(ir.passes.InPlacePass):
                     or not patterns.is_default_domain(layer) or patterns.single_consumer(y) is not node):
                 continue
             constant = patterns.constant_array(c)
+            if constant is None and (fill := patterns.fill_value(c)) is not None \
+                    and (shape := patterns.static_shape(c)) is not None:
+                constant = np.broadcast_to(fill, shape)  # a ConstantOfShape seen through Unsqueeze...
             if constant is None or constant.dtype.kind != "f":
                 logger.debug("%s: %s is not a float constant", node.name, c.name if c else None)
                 return False
@@ -91,6 +97,8 @@ class FoldAffineIntoWeightsPass(ir.passes.InPlacePass):
         if op == "Div" and not np.all(vector):
             return False
         vector = vector.astype(np.float64)
+        if vector.size > 1 and np.all(vector == vector[0]):
+            vector = vector[:1]  # uniform: a scalar keeps the new constants small
         scale = {"Mul": vector, "Div": 1.0 / vector}.get(op)
         shift = {"Add": vector, "Sub": -vector}.get(op)
         if shift is not None and layer.op_type == "MatMul" and self._opset < 7:

@@ -111,25 +111,50 @@ def test_empty_optional_input_is_fine():
     util.assert_equivalent(before, model)
 
 
-@pytest.mark.parametrize("op", ["ConstantOfShape", "Expand", "Tile"])
+@pytest.mark.parametrize("op", ["Expand", "Tile", "Range"])
 def test_large_results_stay_unless_small(op):
     body = {
-        "ConstantOfShape": "c = ConstantOfShape <value = float[1] {1}> (s)",
-        "Expand": "c = Expand(one, s)",
-        "Tile": "c = Tile(one2, s)",
+        "Expand": "c = Expand(row, s)",
+        "Tile": "c = Tile(row2, s)",
+        "Range": "r = Range(zero, n, one)\n c = Reshape(r, s)",
     }[op]
     text = HEADER + """
-        g (float[N,N] x) => (float[N,N] y) <int64[2] s = {%d,%d}, float[1] one = {1}, float[1,1] one2 = {1}> {
+        g (float[N,N] x) => (float[N,N] y) <int64[2] s = {%d,%d}, float[1] row = {%s}, float[1,1] row2 = {%s},
+                                            float zero = {0}, float n = {%d}, float one = {1}> {
             %s
             y = Add(x, c)
         }"""
-    big = util.parse(text % (1024, 1024, body))  # 4 MiB of float: over the 1 MiB limit
-    assert not FoldConstantsPass()(big).modified
+    big = util.parse(text % (1024, 1024, 3, 3, 1024 * 1024, body))  # 4 MiB of float: over the 1 MiB limit
+    assert not FoldConstantsPass()(big).modified  # Range: 4 MiB that are not a fill
     assert op in util.ops(big)
-    small = util.parse(text % (16, 16, body))
+    # Small: folded. (Expand/Tile of one value is a fill: a 4x4 one is small enough to store.)
+    small = util.parse(text % (4, 4, 3, 3, 16, body))
     before, result = fold(small)
     assert result.modified and op not in util.ops(small)
-    util.assert_equivalent(before, small, feeds={"x": np.ones((16, 16), np.float32)})
+    util.assert_equivalent(before, small, feeds={"x": np.ones((4, 4), np.float32)})
+
+
+def test_fills_stay_fills_unless_they_free_as_much():
+    model = util.parse(HEADER + """
+        g (float[16,16] x) => (float[16,16] y) <int64[2] s = {16,16}, float[1] v = {3}> {
+            c = ConstantOfShape <value = float[1] {2}> (s)
+            e = Expand(v, s)
+            a = Add(x, c)
+            y = Mul(a, e)
+        }""")
+    assert not FoldConstantsPass()(model).modified  # 1 KiB uniform results, from a few bytes
+    model = util.parse(HEADER + """
+        g (float[16,16] x) => (float[16,16] y) {
+            y = Add(x, d)
+        }""")
+    big_fill = ir.Value(name="f", const_value=ir.tensor(np.full((16, 16), 2.0, np.float32)))
+    model.graph.register_initializer(big_fill)
+    neg = ir.node("Neg", [big_fill], outputs=[ir.Value(name="d")])
+    model.graph.insert_before(model.graph.node(0), neg)
+    model.graph.node(1).replace_input_with(1, neg.outputs[0])
+    before, result = fold(model)
+    assert result.modified  # a stored fill -> a stored fill of the same size
+    util.assert_equivalent(before, model)
 
 
 def test_large_result_is_folded_when_it_frees_as_much():
@@ -152,7 +177,7 @@ def test_large_result_of_a_shared_input_is_not_folded():
             y = MatMul(x, wt)
             u = MatMul(z, w)
         }""")
-    inputs_to_initializers(model, w=np.ones((1024, 512), np.float32))  # 2 MiB, also used as is
+    inputs_to_initializers(model, w=np.random.default_rng(0).standard_normal((1024, 512)).astype(np.float32))
     assert not FoldConstantsPass()(model).modified
     assert FoldConstantsPass(size_limit_bytes=4 << 20)(model).modified
 

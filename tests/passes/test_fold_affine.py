@@ -212,3 +212,36 @@ def test_constant_expression_weight_gets_a_mul_node():
     assert result.counters == {"mul_folded": 1, "add_folded": 1}
     assert util.ops(model) == ["Transpose", "Mul", "Conv"]
     util.assert_equivalent(before, model, rtol=RTOL, atol=1e-4)
+
+
+def test_fill_constants_fold_without_growing_the_model():
+    # The onnx light models' affine layers: Conv -> Mul(Unsqueeze(ConstantOfShape)) -> Add(...).
+    def fill(name, value):
+        return [helper.make_node("ConstantOfShape", ["c_shape"], [f"{name}_1d"],
+                                 value=numpy_helper.from_array(np.array([value], np.float32))),
+                helper.make_node("Unsqueeze", [f"{name}_1d", "axes"], [name])]
+    nodes = fill("m", 0.5) + fill("a", 0.25) + [
+        helper.make_node("Conv", ["x", "W"], ["y"]), helper.make_node("Mul", ["y", "m"], ["z"]),
+        helper.make_node("Add", ["z", "a"], ["r"]), helper.make_node("Relu", ["r"], ["out"])]
+    inits = [numpy_helper.from_array(rand(64, 4, 3, 3), "W"), numpy_helper.from_array(np.array([64], np.int64), "c_shape"),
+             numpy_helper.from_array(np.array([1, 2], np.int64), "axes")]
+    model = make(nodes, inits, [1, 4, 8, 8])
+    size = len(util.to_proto(model).SerializeToString())
+    before, result = fold(model)
+    assert result.counters == {"mul_folded": 1, "add_folded": 1}
+    assert util.ops(model) == ["ConstantOfShape", "Conv", "Relu"]  # the new bias is a fill too
+    assert len(util.to_proto(model).SerializeToString()) <= size
+    util.assert_equivalent(before, model, rtol=RTOL, atol=1e-5)
+
+
+def test_repeated_scaling_of_an_expression_weight_stays_one_mul():
+    w = rand(6, 4, 3, 3)
+    nodes = [helper.make_node("Transpose", ["Wt"], ["W"], perm=[1, 0, 2, 3]), helper.make_node("Conv", ["x", "W"], ["y"]),
+             helper.make_node("Mul", ["y", "m1"], ["z"]), helper.make_node("Mul", ["z", "m2"], ["out"])]
+    inits = [numpy_helper.from_array(w.transpose(1, 0, 2, 3).copy(), "Wt"), numpy_helper.from_array(rand(6, 1, 1), "m1"),
+             numpy_helper.from_array(rand(6, 1, 1), "m2")]
+    model = make(nodes, inits, [2, 4, 9, 9])
+    before, result = fold(model)
+    assert result.counters == {"mul_folded": 2, "add_folded": 0}
+    assert util.ops(model) == ["Transpose", "Mul", "Conv"]
+    util.assert_equivalent(before, model, rtol=RTOL, atol=1e-4)

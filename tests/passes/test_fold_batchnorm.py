@@ -271,6 +271,7 @@ def test_fill_params_and_fill_weight_do_not_grow_the_model():
     size = len(util.to_proto(model).SerializeToString())
     before, result = fold(model)
     assert result.modified and "BatchNormalization" not in util.ops(model)
+    assert util.ops(model) == ["ConstantOfShape", "ConstantOfShape", "Conv"]  # W*s and the bias: fills
     assert len(util.to_proto(model).SerializeToString()) <= size
     util.assert_equivalent(before, model, rtol=RTOL, atol=1e-5)
 
