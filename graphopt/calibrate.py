@@ -33,6 +33,7 @@ __all__ = [
     "InputSpec",
     "Preprocess",
     "RANGE_METHODS",
+    "collect_channel_means",
     "collect_ranges",
     "input_specs",
     "load_data",
@@ -529,6 +530,24 @@ def collect_ranges(model: ir.Model, names: Sequence[str], data: Dataset, *, meth
         else:
             result[name] = _entropy_range(hists[name], lo[name], hi[name])
     return result
+
+
+def collect_channel_means(model: ir.Model, axes: Mapping[str, int], data: Dataset, *,
+                          batch_size: int | None = None) -> dict[str, np.ndarray]:
+    """`{tensor name: mean per channel}`: the mean over every axis but `axes[name]` (bias correction)."""
+    if not axes:
+        return {}
+    batch_size = batch_size or batch_size_for(input_specs(model), 16)
+    sums: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+    with _TensorTap(model, list(axes)) as tap:
+        for values in tap.run(data, batch_size):
+            for name, array in values.items():
+                axis = axes[name] % array.ndim
+                moved = np.moveaxis(array, axis, -1).reshape(-1, array.shape[axis]).astype(np.float64)
+                sums[name] = sums.get(name, 0.0) + moved.sum(axis=0)
+                counts[name] = counts.get(name, 0) + moved.shape[0]
+    return {n: (sums[n] / max(counts[n], 1)).astype(np.float32) for n in sums}
 
 
 class _TensorTap:

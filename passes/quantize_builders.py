@@ -19,7 +19,7 @@ import math
 import numpy as np
 import onnx_ir as ir
 
-from graphopt.calibrate import Dataset, collect_ranges
+from graphopt.calibrate import Dataset, collect_channel_means, collect_ranges
 from graphopt.errors import UsageError
 from graphopt.patterns import constant_array
 from passes.quantize_dynamic import QuantizeDynamicPass, dynamic_candidates
@@ -52,6 +52,11 @@ class Int8Builder:
         self.last = None
         note(f"calibrate {len(plan.range_keys())} tensors ({options.calibration_method})")
         self._calibrate(plan.range_keys())
+        self.means: dict[str, np.ndarray] = {}
+        if getattr(options, "bias_correction", True):
+            axes = {p.node.inputs[0].name: (1 if p.node.op_type == "Conv" else -1) for p in plan.layers.values()
+                    if p.node.op_type in ("Conv", "Gemm") and p.weight_index is not None}
+            self.means = collect_channel_means(model, axes, calib)
         if not self.candidates:
             self.warnings.append("no layer to quantize (Conv/ConvTranspose/Gemm/MatMul with float32 weights)")
         if any(n.op_type == "ConvTranspose" for n in model.graph if n.name in self.candidates):
@@ -68,7 +73,7 @@ class Int8Builder:
         exclude = frozenset(set(self.candidates) - set(applied)) | self.keep_float
         self._calibrate(plan_int8(self.model, exclude).range_keys())
         quantized = self.model.clone()
-        self.last = QuantizeInt8Pass(self.ranges, self.scheme, exclude)(quantized)
+        self.last = QuantizeInt8Pass(self.ranges, self.scheme, exclude, input_means=self.means)(quantized)
         for name in self.last.bias_clamped:
             message = f"{name}: int32 bias clamped at its scale (input range tiny, weights large)"
             if message not in self.warnings:

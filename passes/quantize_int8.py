@@ -9,7 +9,8 @@ What it writes, following the plan of `quantize_plan.plan_int8`:
    the scheme); data-movement outputs reuse their input's initializers.
 2. Weights become int8 (or uint8, per scheme) initializers, symmetric per output channel
    (Conv axis 0, ConvTranspose axis 1, Gemm/MatMul the output column), behind a
-   DequantizeLinear. Biases become int32 with scale = input scale x weight scale.
+   DequantizeLinear; depthwise Conv weights use the full int8 range whatever the scheme
+   (their kernel cannot saturate). Biases become int32 with scale = input scale x weight scale.
 3. Absorbed Relu/Clip nodes are removed; the quantization range clamps instead.
 4. Float weights no node uses any more are dropped.
 
@@ -30,7 +31,7 @@ from collections.abc import Mapping
 import numpy as np
 import onnx_ir as ir
 
-from graphopt.patterns import constant_array, model_names, fresh_name, opset_version
+from graphopt.patterns import attr_int, constant_array, fresh_name, model_names, opset_version
 from graphopt.pipeline import CountedPassResult
 from passes.quantize_plan import Int8Plan, plan_int8
 from passes.quantize_scheme import SCHEMES, Int8Scheme, activation_params, quantize_bias, quantize_weight
@@ -50,9 +51,11 @@ class QuantizeInt8Pass(ir.passes.InPlacePass):
     """Insert QDQ for static INT8 using calibrated `ranges` ({tensor name: (lo, hi)})."""
 
     def __init__(self, ranges: Mapping[str, tuple[float, float]], scheme: Int8Scheme | str = "u8s8-reduced",
-                 exclude: set[str] | frozenset[str] = frozenset(), plan: Int8Plan | None = None):
+                 exclude: set[str] | frozenset[str] = frozenset(), plan: Int8Plan | None = None,
+                 input_means: Mapping[str, np.ndarray] | None = None):
         super().__init__()
         self.ranges = ranges
+        self.input_means = input_means or {}
         self.scheme = SCHEMES[scheme] if isinstance(scheme, str) else scheme
         self.exclude = frozenset(exclude)
         self.plan = plan
@@ -70,6 +73,7 @@ class QuantizeInt8Pass(ir.passes.InPlacePass):
                 f"QuantizeInt8Pass: no calibrated range for tensor {missing[0]!r} ({len(missing)} missing)")
         writer = _Writer(model, self.scheme, per_channel=opset >= 13)
         graph = model.graph
+        means = {name: self.input_means.get(layer.node.inputs[0].name) for name, layer in plan.layers.items()}
         by_name = {n.name: n for n in graph}
         for name, value_name in plan.absorbed.items():
             act = by_name[name]
@@ -93,7 +97,7 @@ class QuantizeInt8Pass(ir.passes.InPlacePass):
             if layer.weight_index is None:
                 continue
             x_scale = node.inputs[0].producer().inputs[1] if _is_dq(node.inputs[0]) else None
-            if not writer.quantize_weights(node, layer, x_scale):
+            if not writer.quantize_weights(node, layer, x_scale, means.get(name)):
                 clamped.append(name)
         dropped = _drop_unused_initializers(graph, writer.replaced)
         logger.info("int8: %d layers, %d other nodes, %d tensors quantized, %d Relu/Clip absorbed",
@@ -130,7 +134,7 @@ class _Writer:
         self.per_channel = per_channel
         self.taken = model_names(model) | {n.name for n in model.graph.all_nodes() if n.name}
         self.replaced: set[ir.Value] = set()
-        self._weights: dict[tuple[int, int | None], tuple[ir.Value, ir.Value, ir.Value, np.ndarray]] = {}
+        self._weights: dict[tuple, tuple[ir.Value, ir.Value, ir.Value, np.ndarray]] = {}
 
     def initializer(self, base: str, array: np.ndarray) -> ir.Value:
         name = fresh_name(self.taken, base)
@@ -178,14 +182,18 @@ class _Writer:
             consumer.replace_input_with(index, dq.outputs[0])
         logger.debug("quantized %s (%d consumers)", value.name, len(uses))
 
-    def quantize_weights(self, node: ir.Node, layer, x_scale: ir.Value | None) -> bool:
-        """Weight (and bias) of one layer; returns False if the int32 bias had to be clamped."""
+    def quantize_weights(self, node: ir.Node, layer, x_scale: ir.Value | None, x_mean: np.ndarray | None) -> bool:
+        """Weight (and bias) of one layer; returns False if the int32 bias had to be clamped.
+
+        With `x_mean` (the layer input's mean per channel), the bias absorbs the mean output
+        shift that rounding the weights causes (bias correction): E[(W_q - W) x] = (W_q - W) E[x].
+        """
         axis = layer.axis if self.per_channel else None
         weight_value = node.inputs[layer.weight_index]
-        key = (id(weight_value), axis)
+        key = (id(weight_value), axis, layer.depthwise)
+        w = constant_array(weight_value)
         if key not in self._weights:
-            w = constant_array(weight_value)
-            q, scale, zp = quantize_weight(w, axis, self.scheme)
+            q, scale, zp = quantize_weight(w, axis, self.scheme, depthwise=layer.depthwise)
             base = weight_value.name or node.name + "_weight"
             self._weights[key] = (self.initializer(base + "_quantized", q),
                                   self.initializer(base + "_scale", scale),
@@ -198,26 +206,57 @@ class _Writer:
         self.graph.insert_before(node, dq)
         node.replace_input_with(layer.weight_index, dq.outputs[0])
         self.replaced.add(weight_value)
-        if layer.bias_index is None or x_scale is None:
+        if x_scale is None or node.op_type not in ("Conv", "Gemm"):
             return True
-        bias_value = node.inputs[layer.bias_index]
-        bias = constant_array(bias_value)
-        x = float(constant_array(x_scale))
-        bq, bscale, clamped = quantize_bias(bias, x, scale)
+        bias_value = node.inputs[layer.bias_index] if layer.bias_index is not None else None
+        bias = constant_array(bias_value) if bias_value is not None else None
+        shift = _output_shift(node, w, wq.const_value.numpy(), scale, self.scheme, axis, x_mean)
+        if bias is None and shift is None:
+            return True
+        channels = w.shape[0] if node.op_type == "Conv" else w.shape[axis if axis is not None else 1]
+        bias = (bias if bias is not None else np.zeros(channels, np.float32)) - (0 if shift is None else shift)
+        bq, bscale, clamped = quantize_bias(bias.astype(np.float32), float(constant_array(x_scale)), scale)
         if clamped:
             logger.warning("bias of %s exceeds int32 at its scale and was clamped", node.name)
-        base = bias_value.name or node.name + "_bias"
+        base = bias_value.name if bias_value is not None and bias_value.name else node.name + "_bias"
         bq_value = self.initializer(base + "_quantized", bq)
         bs_value = self.initializer(base + "_scale", bscale)
         bz_value = self.initializer(base + "_zero_point", np.zeros(bscale.shape, dtype=np.int32))
-        dq_attrs = {"axis": 0} if bscale.ndim else {}
-        dqb = self.node("DequantizeLinear", [bq_value, bs_value, bz_value], f"{base}_dequantized", **dq_attrs)
+        dqb = self.node("DequantizeLinear", [bq_value, bs_value, bz_value], f"{base}_dequantized",
+                        **({"axis": 0} if bscale.ndim else {}))
         dqb.outputs[0].dtype = ir.DataType.FLOAT
-        dqb.outputs[0].shape = _copy_shape(bias_value.shape)
+        dqb.outputs[0].shape = ir.Shape([channels])
         self.graph.insert_before(node, dqb)
-        node.replace_input_with(layer.bias_index, dqb.outputs[0])
-        self.replaced.add(bias_value)
+        if bias_value is not None:
+            node.replace_input_with(layer.bias_index, dqb.outputs[0])
+            self.replaced.add(bias_value)
+        else:
+            node.resize_inputs(3)
+            node.replace_input_with(2, dqb.outputs[0])
         return not clamped
+
+
+def _output_shift(node: ir.Node, w: np.ndarray, q: np.ndarray, scale: np.ndarray, scheme: Int8Scheme,
+                  axis: int | None, x_mean: np.ndarray | None) -> np.ndarray | None:
+    """Mean output error per output channel from rounding the weights, (W_q - W) E[x]; None without means."""
+    if x_mean is None:
+        return None
+    shape = [1] * w.ndim
+    if axis is not None:
+        shape[axis] = w.shape[axis]
+    error = (q.astype(np.float32) - scheme.weight_zero_point) * scale.reshape(shape) - w
+    if node.op_type == "Conv":
+        group = attr_int(node, "group", 1)
+        per_in = error.reshape(error.shape[0], error.shape[1], -1).sum(axis=2)  # [M, C/g]
+        if x_mean.shape[0] != per_in.shape[1] * group:
+            return None
+        means = x_mean.reshape(group, per_in.shape[1])[np.arange(w.shape[0]) // (w.shape[0] // group)]
+        return (per_in * means).sum(axis=1).astype(np.float32)
+    # Gemm: y = x @ op(B); op(B) is [K, N]
+    op_b = error.T if attr_int(node, "transB", 0) else error
+    if x_mean.shape[0] != op_b.shape[0]:
+        return None
+    return (x_mean @ op_b).astype(np.float32)
 
 
 def _drop_unused_initializers(graph: ir.Graph, values: set[ir.Value]) -> int:

@@ -54,6 +54,7 @@ class LayerPlan:
     axis: int | None
     bias_index: int | None
     activations: list[int]  # input indices that are activations
+    depthwise: bool = False  # Conv with one input and one output channel per group
 
 
 @dataclasses.dataclass
@@ -97,8 +98,10 @@ def _layer(node: ir.Node) -> LayerPlan | None:
         weight = _const_float(inputs[1])
         if weight is None or weight.ndim < 3 or (bias is not None and not _bias_ok(bias, weight, op)):
             return None
-        axis = 0 if op == "Conv" else (1 if attr_int(node, "group", 1) == 1 else None)
-        return LayerPlan(node, 1, axis, 2 if bias is not None else None, [0])
+        group = attr_int(node, "group", 1)
+        axis = 0 if op == "Conv" else (1 if group == 1 else None)
+        depthwise = op == "Conv" and group > 1 and weight.shape[1] == 1 and weight.shape[0] == group
+        return LayerPlan(node, 1, axis, 2 if bias is not None else None, [0], depthwise)
     if op == "Gemm":
         weight = _const_float(inputs[1])
         if weight is None or weight.ndim != 2 or attr_int(node, "transA", 0):

@@ -13,10 +13,16 @@ per output channel):
 - `s8s8`: int8 activations and weights. For accelerators that want signed activations; ORT
   on x86 converts the activations back to uint8.
 
+Depthwise Conv weights keep the full [-127, 127] in every scheme: ORT runs them in its
+depthwise kernel, which does not saturate (measured: 255*127*9 and
+255*127*25 come out exact), while pointwise and dense layers go through the GEMM kernels.
+
 `auto` picks `u8s8` where the CPU has VNNI or is ARM, else `u8s8-reduced`. Measured on an
-AVX2 EPYC without VNNI (tools/bench_quant.py): u8s8 saturates (a 3x3 Conv of 16 channels
-at full scale came out at 51% of its value; on the digits model per-channel u8s8 loses
-points), `u8s8-reduced` runs at u8s8 speed, `u8u8` is 1.4x slower on ResNet-50, `s8s8` 1.8x.
+AVX2 EPYC without VNNI (tools/bench_quant.py, one thread): u8s8 saturates (a 3x3 Conv of 16
+channels at full scale came out at 51% of its value; the digits model drops 2.9 points of
+top-1, MobileNetV2's output SNR falls from 36 to 22 dB); `u8s8-reduced` runs at u8s8 speed;
+`u8u8` is 1.4x slower on ResNet-50 and 1.5x on MobileNetV2; `s8s8` 1.7x (ORT's s8-to-u8
+rewrite leaves 20 of ResNet-50's Conv layers in float).
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ class Int8Scheme:
     activation: type  # np.uint8 or np.int8
     weight: type  # np.int8 or np.uint8
     weight_qmax: int  # symmetric magnitude of the weight grid
+    depthwise_qmax: int = 127  # depthwise Conv runs in ORT's own kernel, which never saturates
 
     @property
     def activation_range(self) -> tuple[int, int]:
@@ -106,15 +113,16 @@ def activation_params(lo: float, hi: float, scheme: Int8Scheme) -> tuple[np.floa
     return scale, scheme.activation(zero_point)
 
 
-def quantize_weight(weight: np.ndarray, axis: int | None, scheme: Int8Scheme
+def quantize_weight(weight: np.ndarray, axis: int | None, scheme: Int8Scheme, depthwise: bool = False
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Symmetric quantization, per channel along `axis` (None: per tensor).
+    """Symmetric quantization, per channel along `axis` (None: per tensor); a depthwise Conv
+    weight uses the scheme's `depthwise_qmax`.
 
     Returns (quantized weight, float32 scales, zero points); scales and zero points are 1-D
     along `axis`, or scalars.
     """
     w = weight.astype(np.float32)
-    qmax = scheme.weight_qmax
+    qmax = scheme.depthwise_qmax if depthwise else scheme.weight_qmax
     if axis is None:
         amax = np.array(np.abs(w).max(initial=0.0), dtype=np.float32)
         shape = ()

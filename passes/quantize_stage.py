@@ -48,6 +48,7 @@ class LossyOptions:
     preprocess: str | None = None
     keep_io_types: bool = True
     int8_scheme: str = "auto"
+    bias_correction: bool = True  # int8: fold the mean error of rounded weights into the bias
     keep_float: Sequence[str] = ()
     eval_output: str | None = None
     shapes: dict | None = None
@@ -140,7 +141,8 @@ def run_lossy(model: ir.Model, options: LossyOptions, progress: Callable[[str], 
     if options.measure:
         note("measure")
         section.update(_measure(model, final, evaluation or calib, options, warnings))
-    section["notes"] = builder.notes
+    section["notes"] = [*builder.notes, "the verification verdict covers the lossless passes; this section "
+                        f"measures the {options.mode} model against their float result"]
     return LossyResult(final, section, warnings)
 
 
@@ -167,7 +169,7 @@ def _accuracy_fields(result, evaluation: Dataset, options: LossyOptions) -> dict
         "max_accuracy_drop": options.max_accuracy_drop,
         "output_snr_db": round(min(fid), 2) if fid and math.isfinite(min(fid)) else None,
         "budget_evaluations": result.evaluations,
-        "budget_steps": [s.to_dict() for s in result.steps],
+        **({"budget_steps": [s.to_dict() for s in result.steps]} if len(result.steps) > 1 else {}),
     }
 
 

@@ -368,3 +368,45 @@ def test_histogram_methods_quantize_close_to_float(method, min_snr):
     model = residual_model()
     quantized, _, data = quantize(model, method=method)
     assert_close_to_float(model, quantized, data, min_snr=min_snr)
+
+
+def test_conv_transpose_weights_per_output_channel():
+    nodes = [oh.make_node("ConvTranspose", ["x", "w", "b"], ["c"], name="up", strides=[2, 2]),
+             oh.make_node("Relu", ["c"], ["r"], name="relu"),
+             oh.make_node("Conv", ["r", "w2"], ["h"], name="conv"),
+             oh.make_node("Sigmoid", ["h"], ["y"], name="head")]
+    model = make_model(nodes, [vi("x", ["N", 4, 5, 5])], [vi("y", ["N", 2, 10, 10])],
+                       {"w": _w(4, 6, 2, 2), "b": _w(6, scale=0.1), "w2": _w(2, 6, 1, 1)})
+    quantized, result, data = quantize(model)
+    assert set(result.plan.layers) == {"up", "conv"} and result.plan.layers["up"].axis == 1
+    dq = quantized.graph.node("up").inputs[1].producer()
+    assert dq.attributes["axis"].as_int() == 1
+    assert ir.convenience.get_const_tensor(dq.inputs[1]).numpy().shape == (6,)
+    assert_close_to_float(model, quantized, data)
+
+
+def test_bias_correction_removes_the_mean_error_of_rounded_weights():
+    from graphopt.calibrate import collect_channel_means
+
+    nodes = [oh.make_node("Conv", ["x", "w"], ["c"], name="conv"),  # no bias: one is added
+             oh.make_node("Sigmoid", ["c"], ["y"], name="head")]
+    model = make_model(nodes, [vi("x", ["N", 8, 6, 6])], [vi("y", ["N", 16, 4, 4])], {"w": _w(16, 8, 3, 3)})
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal((32, 8, 6, 6)) + 3.0).astype(np.float32)  # a large mean makes the shift visible
+    data = load_data({"x": x}, model)
+    ranges = collect_ranges(model, sorted(plan_int8(model).range_keys()), data)
+    means = collect_channel_means(model, {"x": 1}, data)
+    np.testing.assert_allclose(means["x"], x.mean(axis=(0, 2, 3)), rtol=1e-5)
+    plain, corrected = model.clone(), model.clone()
+    QuantizeInt8Pass(ranges, "u8s8-reduced")(plain)
+    QuantizeInt8Pass(ranges, "u8s8-reduced", input_means=means)(corrected)
+    assert len(corrected.graph.node("conv").inputs) == 3
+    onnx.checker.check_model(ir.serde.serialize_model(corrected), full_check=True)
+
+    def conv_output(m):  # read the Conv output (before the Sigmoid) to see the error in its own units
+        m.graph.outputs[0] = m.graph.node("conv").outputs[0]
+        return run(m, {"x": x})[0]
+    ref = conv_output(model.clone())
+    bias_plain = np.abs((conv_output(plain) - ref).mean(axis=(0, 2, 3))).mean()
+    bias_corrected = np.abs((conv_output(corrected) - ref).mean(axis=(0, 2, 3))).mean()
+    assert bias_corrected < bias_plain / 3
