@@ -398,3 +398,38 @@ def test_optimize_level_3_reports_every_candidate():
     assert name.startswith("3xMatMul on x") and section[name]["decision"] == "fused"
     stats = {p.name: p for p in result.report.passes}["fuse_parallel"]
     assert stats.counters["fused_groups"] == 1
+
+
+# ----------------------------------------------------------------------------- real models
+
+
+LIGHT = __import__("pathlib").Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
+ZOO_BERT = __import__("pathlib").Path(__file__).resolve().parents[2] / "build" / "zoo" / "torch_ts" / "bert.onnx"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["inception_v1", "inception_v2"])
+def test_every_candidate_of_inception_fused_stays_equivalent(name):
+    """Level 2, then every candidate forced: the rewrite is right on real blocks (ConstantOfShape weights)."""
+    import graphopt
+
+    model = graphopt.optimize(LIGHT / f"light_{name}.onnx", level=2, verify=False).model
+    before = copy(model)
+    result = FuseParallelPass(always)(model)
+    assert result.counters["fused_groups"] >= 9 and result.counters["activations_shared"] > 0
+    feeds = {"data_0": np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)}
+    assert_equivalent(before, model, feeds=feeds, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not ZOO_BERT.exists(), reason="export zoo not built (tools/export_torch.py)")
+def test_bert_qkv_fused_stays_equivalent():
+    import graphopt
+
+    model = graphopt.optimize(ZOO_BERT, level=2, verify=False).model
+    before = copy(model)
+    result = FuseParallelPass(always)(model)
+    assert result.counters["fused_groups"] == 4 and result.counters["ops_merged"] == 12
+    with np.load(ZOO_BERT.with_suffix(".npz")) as data:
+        feeds = {k: data[k] for k in ("input_ids", "attention_mask")}
+    assert_equivalent(before, model, feeds=feeds, rtol=1e-4, atol=1e-4)
