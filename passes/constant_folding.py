@@ -83,6 +83,8 @@ class FoldConstantsPass(ir.passes.InPlacePass):
         folded = self._fold_graph(model.graph)
         for subgraph in list(model.graph.subgraphs()):
             folded += self._fold_graph(subgraph)
+        if folded and model.ir_version < 4:
+            model.ir_version = 4  # IR 3 wants every initializer listed as a graph input
         if folded:
             logger.info("folded %d constant nodes", folded)
         return CountedPassResult(model, folded > 0, counters={"nodes_folded": folded})

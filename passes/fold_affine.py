@@ -64,6 +64,8 @@ class FoldAffineIntoWeightsPass(ir.passes.InPlacePass):
                         and self._fold(node):
                     counters[_COUNTER[node.op_type]] += 1
         total = sum(counters.values())
+        if total and model.ir_version < 4:
+            model.ir_version = 4  # IR 3 wants every initializer listed as a graph input
         if total:
             logger.info("folded %d Mul/Add into weights", total)
         return CountedPassResult(model, total > 0, counters=counters)

@@ -71,6 +71,8 @@ class FoldBatchNormPass(ir.passes.InPlacePass):
             for node in list(graph):
                 if node.graph is graph and node.op_type == "BatchNormalization" and patterns.is_default_domain(node):
                     folded += self._fold(node)
+        if folded and model.ir_version < 4:
+            model.ir_version = 4  # IR 3 wants every initializer listed as a graph input
         if folded:
             model.graph.sort()  # parameter expressions may be produced after the layer they now feed
             logger.info("folded %d BatchNormalization nodes", folded)

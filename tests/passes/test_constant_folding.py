@@ -262,3 +262,15 @@ def test_functions_are_left_intact():
     assert not result.modified
     assert [n.op_type for n in model.functions[("local", "addk", "")]] == ["Constant", "Neg", "Add"]
     util.assert_equivalent(before, model)
+
+
+def test_ir3_model_becomes_ir4_when_it_gains_initializers():
+    model = util.parse("""<ir_version: 3, opset_import: ["" : 9]>
+        g (float[3] x) => (float[3] y) {
+            a = Constant <value = float[3] {1,2,3}> ()
+            c = Neg(a)
+            y = Add(x, c)
+        }""")
+    before, result = fold(model)
+    assert result.modified and model.ir_version == 4
+    util.assert_equivalent(before, model)
