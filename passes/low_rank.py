@@ -28,7 +28,9 @@ from __future__ import annotations
 
 __all__ = ["FactorizeLowRankPass", "LowRankResult", "RankSpec", "parse_rank_spec", "plan_low_rank", "choose_rank"]
 
+import collections
 import dataclasses
+import hashlib
 import logging
 import math
 
@@ -171,7 +173,7 @@ def plan_low_rank(model: ir.Model, spec: RankSpec, min_saving: float = 0.2,
         if matrix is None:
             declined[node.name] = why
             continue
-        singular = np.linalg.svd(matrix.astype(np.float64), compute_uv=False)
+        _, singular, _ = _svd(matrix)
         rank = choose_rank(singular, spec)
         total = float(np.sum(singular ** 2)) or 1.0
         energy = float(np.sum(singular[:rank] ** 2)) / total
@@ -187,8 +189,27 @@ def plan_low_rank(model: ir.Model, spec: RankSpec, min_saving: float = 0.2,
     return plans, declined, figures
 
 
+_SVD_CACHE: collections.OrderedDict = collections.OrderedDict()
+_SVD_CACHE_BYTES = 512 << 20
+
+
+def _svd(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Thin SVD in float64, cached by content: the budget builds a model many times and every
+    build plans again (a 1024x1024 SVD takes seconds on a busy CPU)."""
+    key = (matrix.shape, matrix.dtype.str, hashlib.blake2b(np.ascontiguousarray(matrix).tobytes(),
+                                                           digest_size=16).digest())
+    if key in _SVD_CACHE:
+        _SVD_CACHE.move_to_end(key)
+        return _SVD_CACHE[key]
+    result = np.linalg.svd(matrix.astype(np.float64), full_matrices=False)
+    _SVD_CACHE[key] = result
+    while sum(sum(a.nbytes for a in v) for v in _SVD_CACHE.values()) > _SVD_CACHE_BYTES and len(_SVD_CACHE) > 1:
+        _SVD_CACHE.popitem(last=False)
+    return result
+
+
 def _factors(matrix: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
-    u, s, vt = np.linalg.svd(matrix.astype(np.float64), full_matrices=False)
+    u, s, vt = _svd(matrix)
     root = np.sqrt(s[:rank])
     return u[:, :rank] * root, root[:, None] * vt[:rank]
 

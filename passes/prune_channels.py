@@ -8,8 +8,8 @@ layers, and every tensor slice that depends on them, so the network gets really 
    norm of their weight slice for j (`criterion` "l1" or "l2"), each layer's norms divided
    by their mean so that layers weigh alike; "bn" uses |gamma| of the BatchNormalization
    that followed the layer before it was folded, where `bn_scales` has it (else L1).
-3. Each selected group keeps round((1 - sparsity) * C) channels, at least one, rounded to
-   a multiple of `round_to` when C is larger than it (vector kernels like multiples of 8);
+3. Each selected group keeps round((1 - sparsity) * C) channels, at least one, rounded up
+   to a multiple of `round_to` when C is larger than it (vector kernels like multiples of 8);
    the most important ones, in their original order.
 4. Rewrite: every recorded slice (weights along input and output channel axes, biases,
    BatchNormalization parameters, element-wise constants, depthwise weights), the `group`
@@ -49,8 +49,8 @@ class ChannelsResult(CountedPassResult):
 
 def keep_count(channels: int, sparsity: float, round_to: int = 1) -> int:
     keep = max(1, channels - int(round(channels * sparsity)))
-    if round_to > 1 and channels > round_to:
-        keep = min(channels, max(round_to, int(round(keep / round_to)) * round_to))
+    if round_to > 1 and channels > round_to:  # round up: never remove more than asked
+        keep = min(channels, -(-keep // round_to) * round_to)
     return keep
 
 

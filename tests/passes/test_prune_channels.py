@@ -230,7 +230,8 @@ def test_only_the_selected_groups_are_pruned_and_bn_scales_rank_channels():
 
 
 @pytest.mark.parametrize("channels, sparsity, multiple, kept", [
-    (64, 0.5, 8, 32), (64, 0.3, 8, 48), (64, 0.7, 8, 16), (6, 0.5, 8, 3), (16, 0.99, 8, 8), (3, 0.9, 1, 1),
+    (64, 0.5, 8, 32), (64, 0.3, 8, 48), (64, 0.7, 8, 24), (6, 0.5, 8, 3), (16, 0.99, 8, 8), (3, 0.9, 1, 1),
+    (16, 0.3, 8, 16),
     (100, 0.5, 1, 50)])
 def test_keep_count(channels, sparsity, multiple, kept):
     assert keep_count(channels, sparsity, multiple) == kept
