@@ -138,7 +138,7 @@ class Evaluator:
         self.threads = threads
         reference_model = reference if isinstance(reference, ir.Model) else None
         specs = input_specs(reference_model) if reference_model is not None else []
-        self.batch_size = batch_size or batch_size_for(specs, 64)
+        self.batch_size = batch_size or batch_size_for(specs, 8)  # ORT holds a batch of activations
         self.reference = self.run(reference)
         names = list(self.reference)
         if output is not None and output not in self.reference:
@@ -221,7 +221,7 @@ class BudgetResult:
 
 
 def fit_budget(candidates: Sequence[str], build: Callable[[frozenset[str]], Any], evaluate: Callable[[Any], Score],
-               baseline: Score, max_drop: float | None, *, what: str = "decisions",
+               baseline: Score, max_drop: float | None, *, what: str = "decisions", kept_as: str = "unapplied",
                progress: Callable[[str], None] | None = None) -> BudgetResult:
     """Apply as many `candidates` as the budget allows (see module doc)."""
     candidates = list(dict.fromkeys(candidates))
@@ -232,7 +232,7 @@ def fit_budget(candidates: Sequence[str], build: Callable[[frozenset[str]], Any]
                           steps=[Step("apply all", len(everything), score.value, baseline.value - score.value)])
     if max_drop is None or _within(result.drop, max_drop) or not candidates:
         if max_drop is not None and not _within(result.drop, max_drop):
-            raise _budget_error(result, max_drop, what, len(candidates))
+            raise _budget_error(result, max_drop, what, len(candidates), kept_as)
         return result
     if progress:
         progress(f"sensitivity of {len(candidates)} {what}")
@@ -263,13 +263,13 @@ def fit_budget(candidates: Sequence[str], build: Callable[[frozenset[str]], Any]
         current.recovered[name] = gain
         current.steps.append(Step(f"revert {name}", len(applied), score.value, baseline.value - score.value))
         if progress:
-            progress(f"kept {len(current.kept)} of {len(candidates)} {what} unapplied: drop {current.drop:.2f}")
+            progress(f"kept {len(current.kept)} of {len(candidates)} {what} {kept_as}: drop {current.drop:.2f}")
         if current.drop < best.drop:
             best = current
         if _within(current.drop, max_drop):
             return _reapply(current, build, evaluate, max_drop)
     best = dataclasses.replace(best, steps=current.steps, evaluations=current.evaluations)
-    raise _budget_error(best, max_drop, what, len(candidates))
+    raise _budget_error(best, max_drop, what, len(candidates), kept_as)
 
 
 def _within(drop: float, max_drop: float) -> bool:
@@ -293,10 +293,10 @@ def _reapply(result: BudgetResult, build, evaluate, max_drop: float) -> BudgetRe
     return result
 
 
-def _budget_error(best: BudgetResult, max_drop: float, what: str, total: int) -> BudgetError:
+def _budget_error(best: BudgetResult, max_drop: float, what: str, total: int, kept_as: str) -> BudgetError:
     error = BudgetError(
         f"no setting meets --max-accuracy-drop {max_drop:g}: the best keeps {len(best.kept)} of {total} {what} "
-        f"unapplied and drops {best.drop:.2f} points of {best.score.metric} "
+        f"{kept_as} and drops {best.drop:.2f} points of {best.score.metric} "
         f"({best.baseline.value:.2f} -> {best.score.value:.2f}); raise the budget or give more calibration data")
     error.best = best
     return error

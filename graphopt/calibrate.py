@@ -502,8 +502,7 @@ def collect_ranges(model: ir.Model, names: Sequence[str], data: Dataset, *, meth
     names = list(dict.fromkeys(names))
     if not names:
         return {}
-    specs = input_specs(model)
-    batch_size = batch_size or batch_size_for(specs, 16)
+    batch_size = batch_size or _tap_batch(model, names)
     with _TensorTap(model, names) as tap:
         lo = {n: math.inf for n in names}
         hi = {n: -math.inf for n in names}
@@ -537,7 +536,7 @@ def collect_channel_means(model: ir.Model, axes: Mapping[str, int], data: Datase
     """`{tensor name: mean per channel}`: the mean over every axis but `axes[name]` (bias correction)."""
     if not axes:
         return {}
-    batch_size = batch_size or batch_size_for(input_specs(model), 16)
+    batch_size = batch_size or _tap_batch(model, list(axes))
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
     with _TensorTap(model, list(axes)) as tap:
@@ -548,6 +547,25 @@ def collect_channel_means(model: ir.Model, axes: Mapping[str, int], data: Datase
                 sums[name] = sums.get(name, 0.0) + moved.sum(axis=0)
                 counts[name] = counts.get(name, 0) + moved.shape[0]
     return {n: (sums[n] / max(counts[n], 1)).astype(np.float32) for n in sums}
+
+
+TAP_BYTES = 256 << 20  # tapped tensors held per batch
+
+
+def _tap_batch(model: ir.Model, names: Sequence[str], most: int = 16) -> int:
+    """A batch whose tapped tensors fit TAP_BYTES (unknown dims count as 64), or the model's fixed batch."""
+    specs = input_specs(model)
+    fixed = next((s.shape[0] for s in specs if s.shape and s.shape[0] is not None), None)
+    if fixed is not None:
+        return fixed
+    values = {v.name: v for v in model.graph.inputs}
+    values.update({o.name: o for node in model.graph for o in node.outputs})
+    per_sample = 0
+    for name in names:
+        shape = values[name].shape if name in values else None
+        dims = list(shape)[1:] if shape is not None else [1 << 16]
+        per_sample += 4 * math.prod(d if isinstance(d, int) else 64 for d in dims)
+    return max(1, min(most, TAP_BYTES // max(per_sample, 1)))
 
 
 class _TensorTap:

@@ -90,6 +90,7 @@ class QuantizeDynamicPass(ir.passes.InPlacePass):
             outputs = [ir.Value(name=fresh_name(taken, o)) for o in outs]
             node = ir.Node("", op, inputs, attributes=[ir.AttrInt64(k, v) for k, v in attrs.items()],
                            outputs=outputs, name=fresh_name(taken, f"{outs[0]}_{op}"))
+            node.metadata_props["pkg.graphopt.pass"] = "quantize_dynamic"
             if at is not None:
                 graph.insert_before(at, node)
             elif inputs[0].producer() is not None and inputs[0].producer().graph is graph:

@@ -43,6 +43,7 @@ from graphopt.pipeline import CountedPassResult
 
 logger = logging.getLogger(__name__)
 
+PROVENANCE = ("pkg.graphopt.pass", "quantize_fp16")  # on every Cast the pass creates
 FP16_MAX = 65504.0
 FP16_TINY = 2.0 ** -24  # smallest float16 subnormal: anything below rounds to 0
 _F32, _F16 = ir.DataType.FLOAT, ir.DataType.FLOAT16
@@ -219,6 +220,7 @@ class ConvertFp16Pass(ir.passes.InPlacePass):
                            shape=_copy_shape(value.shape))
             node = ir.Node("", "Cast", [value], attributes=[ir.AttrInt64("to", to.value)], outputs=[out],
                            name=fresh_name(taken, f"{value.name}_cast_{suffix}"))
+            node.metadata_props[PROVENANCE[0]] = PROVENANCE[1]
             producer = value.producer()
             if producer is not None and producer.graph is graph:
                 graph.insert_after(producer, node)
@@ -285,6 +287,7 @@ class ConvertFp16Pass(ir.passes.InPlacePass):
             back = ir.Value(name=name, type=ir.TensorType(_F32), shape=_copy_shape(out.shape))
             node = ir.Node("", "Cast", [out], attributes=[ir.AttrInt64("to", _F32.value)], outputs=[back],
                            name=fresh_name(taken, f"{name}_cast_fp32"))
+            node.metadata_props[PROVENANCE[0]] = PROVENANCE[1]
             graph.insert_after(producer, node)
             graph.outputs[i] = back
             counters["casts_inserted"] += 1

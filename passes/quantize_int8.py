@@ -38,7 +38,7 @@ from passes.quantize_scheme import SCHEMES, Int8Scheme, activation_params, quant
 
 logger = logging.getLogger(__name__)
 
-TAG = "graphopt.quantize_int8"
+PROVENANCE = ("pkg.graphopt.pass", "quantize_int8")  # on every node the pass creates
 
 
 @dataclasses.dataclass
@@ -148,7 +148,7 @@ class _Writer:
         out = ir.Value(name=fresh_name(self.taken, base))
         node = ir.Node("", op, inputs, attributes=[ir.AttrInt64(k, v) for k, v in attrs.items()],
                        outputs=[out], name=fresh_name(self.taken, base + "_" + op))
-        node.meta[TAG] = True
+        node.metadata_props[PROVENANCE[0]] = PROVENANCE[1]
         return node
 
     def activation_params(self, name: str, lo: float, hi: float) -> tuple[ir.Value, ir.Value]:

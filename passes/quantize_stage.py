@@ -1,9 +1,10 @@
 """The lossy stage of `graphopt.optimize`: INT8 (static QDQ or dynamic) or FP16 after the
 lossless pipeline, scored on data, held to an accuracy budget, measured in ONNX Runtime.
 
-1. Prepare: unique node names, shape annotations, BatchNormalization folded (the
-   lossless level 2 already does it; a level 0/1 run gets it here, since int8 around an
-   unfolded BN is slow and loses accuracy).
+1. Prepare: for int8, opset raised to 13 when lower (per-channel Q/DQ needs it; if the
+   converter cannot, opset 10-12 falls back to per-tensor weights); unique node names,
+   shape annotations, BatchNormalization folded (the lossless level 2 already does it; a
+   level 0/1 run gets it here, since int8 around an unfolded BN is slow and loses accuracy).
 2. Load calibration data (static int8 only) and evaluation data (`--eval`; without it the
    calibration data is used and the report says so).
 3. Build with every layer decision applied; score against the float model; if the drop
@@ -30,6 +31,7 @@ from onnx_ir.passes.common import NameFixPass, ShapeInferencePass
 from graphopt.accuracy import Evaluator, fit_budget
 from graphopt.calibrate import RANGE_METHODS, Dataset, load_data
 from graphopt.errors import UsageError
+from graphopt.patterns import opset_version
 
 logger = logging.getLogger(__name__)
 
@@ -78,8 +80,25 @@ def _check_options(options: LossyOptions) -> None:
                          ".npy/.npz/images, or 'random' for a smoke test)")
 
 
-def prepare(model: ir.Model, warnings: list[str]) -> None:
-    """Unique node names, shapes, and BatchNormalization folded (step 1)."""
+INT8_OPSET = 13  # per-axis QuantizeLinear/DequantizeLinear; DynamicQuantizeLinear needs 11
+
+
+def prepare(model: ir.Model, warnings: list[str], mode: str = "") -> None:
+    """Unique node names, shapes, BatchNormalization folded, and for an int8 `mode` an opset
+    high enough for it (step 1). Other lossy stages share it with `mode` left empty."""
+    opset = opset_version(model)
+    if mode.startswith("int8") and opset < INT8_OPSET:
+        from passes.upgrade_opset import OpsetConversionError, UpgradeOpsetPass
+
+        try:
+            UpgradeOpsetPass(INT8_OPSET)(model)
+            warnings.append(f"opset {opset} converted to {INT8_OPSET} for per-channel int8 (Q/DQ with an axis)")
+        except OpsetConversionError as e:
+            needed = 11 if mode == "int8-dynamic" else 10
+            if opset < needed:
+                raise UsageError(f"--quantize {mode} needs opset >= {needed} and this opset-{opset} model cannot be "
+                                 f"converted: {e}") from e
+            warnings.append(f"opset {opset} kept (conversion failed: {e}); int8 weights are per tensor")
     NameFixPass()(model)
     try:
         ShapeInferencePass(data_prop=False)(model)
@@ -102,7 +121,7 @@ def run_lossy(model: ir.Model, options: LossyOptions, progress: Callable[[str], 
     _check_options(options)
     warnings: list[str] = []
     model = model.clone()
-    prepare(model, warnings)
+    prepare(model, warnings, options.mode)
     note = progress or (lambda message: None)
     calib = None
     if options.calibration is not None:
@@ -130,7 +149,8 @@ def run_lossy(model: ir.Model, options: LossyOptions, progress: Callable[[str], 
         result = None
     else:
         result = fit_budget(builder.candidates, builder.build, evaluator, evaluator.baseline,
-                            options.max_accuracy_drop, what=builder.what, progress=note)
+                            options.max_accuracy_drop, what=builder.what, progress=note,
+                            kept_as="in float32" if options.mode == "fp16" else "in float")
         final = result.model
     final.metadata_props["graphopt.lossy"] = builder.describe()
     section = builder.section(result, evaluation)

@@ -231,3 +231,14 @@ def test_digits_other_modes(mode):
                                eval=ROOT / "models" / "digits_test.npz", quantize_measure=False)
     section = result.report.sections["quantization"]
     assert section["accuracy_drop"] <= 0.5 and section["mode"].startswith(mode)
+
+
+def test_old_opset_is_raised_for_per_channel_int8():
+    model = sensitive_mlp()
+    model.opset_imports[""] = 9
+    result = lossy(model)
+    assert any("opset 9 converted to 13" in w for w in result.warnings)
+    assert result.model.opset_imports[""] == 13
+    axes = [n.attributes["axis"].as_int() for n in result.model.graph if n.op_type == "DequantizeLinear"
+            and "axis" in n.attributes]
+    assert axes  # per-channel weights

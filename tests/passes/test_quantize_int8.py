@@ -159,6 +159,8 @@ def test_conv_relu_absorbed_and_fused(act):
     # input, conv1 output (Relu range), conv2 output: one Q each, one DQ per consumer, 2 weights + 2 biases
     assert ops(quantized)["QuantizeLinear"] == 3
     assert ops(quantized)["DequantizeLinear"] == 2 + 4 + 1
+    assert all(n.metadata_props.get("pkg.graphopt.pass") == "quantize_int8" for n in quantized.graph
+               if n.op_type in ("QuantizeLinear", "DequantizeLinear"))
     fused = ort_ops(quantized)
     assert fused["QLinearConv"] == 2 and fused["Conv"] == 0
     assert fused["DequantizeLinear"] == 1  # only the graph output leaves int8
