@@ -83,7 +83,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("int8-scheme", "int8_scheme", "str", "auto | u8s8 | u8s8-reduced | u8u8 | s8s8"),
     Setting("keep-float", "keep_float", "list", "node names never quantized"),
     Setting("eval-output", "eval_output", "str", "graph output scored"),
-    Setting("quantize-measure", "quantize_measure", "bool", "time quantization candidates on the provider"),
+    Setting("quantize-measure", "quantize_measure", "bool", "measure float-vs-quantized latency and memory for the report"),
     Setting("force", None, "bool", "write the output even if verification fails (still exit 1)", False),
 )
 MODEL_KEYS = ("source", "output")  # besides the settings; `output` may also be a [defaults] pattern
