@@ -710,11 +710,12 @@ def render(result: BenchResult, console=None) -> None:
     if len(result.models) > 1:
         ratios = table(f"ratios to {result.models[0].name} (< 1: faster, smaller; 95% CI: of the median "
                        "per-round latency ratio)",
-                       ("model", "p50", "95% CI", "items/s", "create", "first run", "peak RSS", "file"))
+                       ("model", "p50", "95% CI", "create", "first run", "peak RSS", "file"))
+        ratios.columns[2].no_wrap = True
         for m in result.models:
             r = m.ratios
             lo, hi = r["paired_ci95"]
-            ratios.add_row(m.name, _fmt_ratio(r["latency_p50"]), f"{_num(lo)}-{_num(hi)}", _fmt_ratio(r["throughput"]),
+            ratios.add_row(m.name, _fmt_ratio(r["latency_p50"]), f"{_num(lo)}-{_num(hi)}",
                            _fmt_ratio(r["session_create"]), _fmt_ratio(r["first_run"]),
                            _fmt_ratio(r["peak_memory"]), _fmt_ratio(r["file_size"]))
         console.print(ratios)
