@@ -329,6 +329,8 @@ def _evaluator(model: ir.Model, o: CompressOptions, warnings: list[str]) -> Eval
     if source is None:
         if o.max_accuracy_drop is not None:
             raise UsageError("--max-accuracy-drop needs data to measure accuracy on: give --eval DATA.npz")
+        warnings.append("compression: accuracy not measured (give --eval DATA.npz to see what pruning or "
+                        "factorization costs, and --max-accuracy-drop to bound it)")
         return None
     data = load_data(source, model, purpose="evaluation", preprocess=o.preprocess, shapes=o.shapes, seed=1)
     warnings += [n for n in data.notes if n not in warnings]

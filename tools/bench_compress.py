@@ -9,7 +9,9 @@ without an accuracy budget, and all variants of one model are timed *interleaved
 process* (`graphopt.bench`, p50 ratios to the baseline). Columns: MACs (FLOPs = 2x), file size,
 latency ratio with its paired 95% interval, and quality: top-1 accuracy on held-out labels
 (digits), else agreement with the baseline's outputs (top-1 agreement for classifiers,
-cosine for hidden states) and the output SNR.
+cosine for hidden states), plus the output's mean cosine similarity and SNR against the
+baseline (the telling figures for the random-weight exports, whose top-1 barely depends
+on the input). MACs count dynamic dims as 1 (bert: per token).
 
 Models:
 - digits: models/digits_cnn.onnx, accuracy on models/digits_test.npz (450 labelled samples).
@@ -121,12 +123,14 @@ def run_model(spec: dict, runs: int, threads: int | None) -> list[dict]:
         row["latency_ms"] = m.latency_ms["p50"]
         row["latency_ratio"] = m.ratios["latency_p50"]
         row["latency_ci95"] = m.ratios["paired_ci95"]
-    base_row = rows[0]
-    first = rows[1]["section"]
-    base_row.update(metric=first["metric"], quality=first["accuracy_before"], snr=None)
-    for row in rows[1:]:
-        s = row["section"]
-        row.update(metric=s["metric"], quality=s["accuracy_after"])
+    from graphopt.accuracy import Evaluator
+    from graphopt.calibrate import load_data
+
+    evaluator = Evaluator(load_data(spec["eval"], base, purpose="evaluation"), base)
+    for row in rows:
+        score = evaluator(row["model"])
+        fidelity = next(iter(score.fidelity.values()))
+        row.update(metric=score.metric, quality=score.value, cosine=fidelity["cosine"], snr=fidelity["snr_db"])
     print(f"[{spec['name']}: {time.perf_counter() - start:.0f} s]", file=sys.stderr)
     return rows
 
@@ -135,14 +139,16 @@ def table(name: str, rows: list[dict]) -> str:
     base = rows[0]
     lines = [f"### {name}", "",
              f"quality: {base['metric']}; latency: p50, interleaved, ratio to the baseline (paired 95% CI)", "",
-             "| setting | changed | MACs | MACs ratio | params | file | file ratio | latency ms | latency ratio | quality |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| setting | changed | MACs | MACs ratio | params | file | file ratio | latency ms | latency ratio | quality "
+             "| output cosine | SNR dB |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         ci = r["latency_ci95"]
         lines.append(f"| {r['setting']} | {r.get('changed') or '-'} | {r['macs'] / 1e6:.1f}M | "
                      f"{r['macs'] / base['macs']:.3f} | {r['params'] / 1e6:.2f}M | {r['file_bytes'] / 1e6:.2f} MB | "
                      f"{r['file_bytes'] / base['file_bytes']:.3f} | {r['latency_ms']:.2f} | "
-                     f"{r['latency_ratio']:.3f} ({ci[0]:.2f}-{ci[1]:.2f}) | {r['quality']:.2f} |")
+                     f"{r['latency_ratio']:.3f} ({ci[0]:.2f}-{ci[1]:.2f}) | {r['quality']:.2f} | {r['cosine']:.4f} | "
+                     f"{r['snr']:.1f} |")
     return "\n".join(lines)
 
 
