@@ -7,14 +7,16 @@ and every build/zoo/**/*.onnx that exists.
 
 1. Tool cost. Each tool runs as its own process on the same input (`graphopt optimize IN -o OUT`,
    `onnxsim IN OUT`, `onnxslim IN OUT`, `onnxoptimizer IN OUT`), repetitions interleaved
-   (round r starts with tool r), whole-process wall time and peak RSS from wait4(2). The
-   figure is the median over repetitions. graphopt runs with its default verification on
+   (round r starts with tool r), whole-process wall time and peak RSS from wait4(2) in a
+   small launcher process. The figure is the median over repetitions. graphopt runs with its default verification on
    (`graphopt`) and off (`graphopt-noverify`); peers run with their defaults.
 2. Inference. In one process, one ONNX Runtime session per output plus the original (CPU,
    default graph optimization level, intra-op threads 2), on the same inputs (the model's
    .npz beside it, else random from the declared shapes, dynamic dims 1); after warm-up the
    sessions run interleaved, round by round, and each reports its median. Outputs are
-   compared with the original's, so a tool that breaks a model shows up as `NO`.
+   compared with the original's, so a tool that breaks a model shows up as `NO`. Thread-pool
+   spinning is off in every session (`session.intra_op.allow_spinning=0`): with several
+   sessions in one process, idle pools spinning would take the cores from the timed one.
 
 Ratios: tool wall time / graphopt's, and latency / the original's. Nothing is asserted;
 this prints what it measured.
@@ -32,7 +34,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 import numpy as np
@@ -73,26 +74,49 @@ class ToolRun:
     message: str = ""
 
 
+# Measures one command from a small process of its own. wait4() from this process would
+# over-report: Linux starts a forked child's peak RSS at its parent's (the latency sessions
+# make this process big), so the fork happens in a fresh interpreter instead.
+_LAUNCHER = """
+import json, os, sys, time
+start = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    try:
+        os.execvp(sys.argv[2], sys.argv[2:])
+    finally:
+        os._exit(127)
+_, status, usage = os.wait4(pid, 0)
+wall = time.perf_counter() - start
+with open(sys.argv[1], "w") as f:
+    json.dump({"wall": wall, "maxrss_kb": usage.ru_maxrss, "code": os.waitstatus_to_exitcode(status)}, f)
+"""
+
+
 def run_measured(argv: list[str], timeout: float, log: pathlib.Path) -> ToolRun:
-    """Run `argv`; wall time and peak RSS of that process (ru_maxrss from wait4)."""
+    """Run `argv`; its wall time and peak RSS (ru_maxrss of exactly that process tree's root)."""
+    result = log.with_suffix(".json")
+    result.unlink(missing_ok=True)
     with open(log, "wb") as out:
-        start = time.perf_counter()
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        timer = threading.Timer(timeout, proc.kill)
-        timer.start()
+        proc = subprocess.Popen([sys.executable, "-c", _LAUNCHER, str(result), *argv], stdout=out,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         try:
-            _, status, usage = os.wait4(proc.pid, 0)
-        finally:
-            timer.cancel()
-        wall = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+            return ToolRun(timeout, 0.0, -9, "killed (timeout)")
+    if not result.exists():
+        return ToolRun(0.0, 0.0, proc.returncode or -1, "launcher failed")
+    measured = json.loads(result.read_text())
+    code = measured["code"]
     message = ""
-    if proc.returncode != 0:
+    if code != 0:
         lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
-        message = (lines[-1] if lines else f"exit {proc.returncode}")[:160]
-        if proc.returncode < 0:
-            message = f"killed by signal {-proc.returncode}" + (" (timeout)" if wall >= timeout else "")
-    return ToolRun(wall, usage.ru_maxrss / 1024, proc.returncode, message)
+        message = (lines[-1] if lines else f"exit {code}")[:160]
+        if code < 0:
+            message = f"killed by signal {-code}"
+    return ToolRun(measured["wall"], measured["maxrss_kb"] / 1024, code, message)
 
 
 def _session(path: pathlib.Path, threads: int) -> ort.InferenceSession:
@@ -100,6 +124,8 @@ def _session(path: pathlib.Path, threads: int) -> ort.InferenceSession:
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
+    # Idle sessions must not spin: their pools would steal the cores from the session being timed.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
@@ -281,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=900, help="seconds per tool run")
     parser.add_argument("--threads", type=int, default=2, help="ORT intra-op threads")
     parser.add_argument("--budget", type=float, default=8.0, help="seconds of timed ORT runs per model")
-    parser.add_argument("--max-runs", type=int, default=300, help="most timed ORT rounds per model")
+    parser.add_argument("--max-runs", type=int, default=3000, help="most timed ORT rounds per model")
     parser.add_argument("--json", type=pathlib.Path, help="also write every figure here")
     parser.add_argument("--keep", type=pathlib.Path, help="keep the tools' outputs under this directory")
     args = parser.parse_args(argv)
