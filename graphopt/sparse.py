@@ -7,9 +7,11 @@ is written (`io.save(..., sparse=FORMAT)`); `densify_proto` undoes it on load.
 What ONNX Runtime does with them (checked with onnxruntime 1.32, tests/test_sparse.py):
 
 1. It loads `sparse_initializer`s and expands each to a dense initializer while it builds
-   the graph: outputs equal the dense model's, and session memory is the dense model's.
-   The file shrinks; inference does not get faster (ORT has no sparse CPU kernels for
-   Conv/Gemm/MatMul).
+   the graph: outputs equal the dense model's bit for bit. The file shrinks; inference does
+   not get faster (ORT has no sparse CPU kernels for Conv/Gemm/MatMul) and memory does not
+   fall: the peak while the session loads is higher, the sparse and dense copies coexisting
+   (measured with `graphopt.bench`: a 16.8 MB MLP at 80% sparsity, 6.7 MB sparse, peaked at
+   63 MB against 44 MB dense; same latency).
 2. Indices: ONNX requires int64 (`onnx.checker`: "Sparse tensor indices must have INT64
    type"), ORT also accepts int32, int16 and int8. int64 costs 8 bytes per non-zero, so a
    float32 weight only shrinks above 2/3 sparsity; int32 from 1/2, int16 from 1/3.
