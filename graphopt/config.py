@@ -84,10 +84,18 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("keep-float", "keep_float", "list", "node names never quantized"),
     Setting("eval-output", "eval_output", "str", "graph output scored"),
     Setting("quantize-measure", "quantize_measure", "bool", "measure float-vs-quantized latency and memory for the report"),
+    Setting("sparsity", "sparsity", "float", "share of weights (or, with structured, of channels) to prune"),
+    Setting("structured", "structured", "bool", "prune whole output channels instead of single weights"),
+    Setting("sparsity-pattern", "sparsity_pattern", "str", "N:M pattern pruning such as 2:4"),
+    Setting("low-rank", "low_rank", "number-or-str", 'SVD factorization: energy such as 0.95, or "rank:0.25"'),
+    Setting("sparsity-scope", "sparsity_scope", "str", "layer | global magnitude threshold"),
+    Setting("prune-criterion", "prune_criterion", "str", "channel importance: l1 | l2 | bn"),
+    Setting("channel-multiple", "channel_multiple", "int", "kept channel counts rounded up to this multiple"),
+    Setting("sparse-format", "sparse_format", "str", "sparse_initializer indices: ort (narrow) | onnx (int64)"),
     Setting("force", None, "bool", "write the output even if verification fails (still exit 1)", False),
 )
 MODEL_KEYS = ("source", "output")  # besides the settings; `output` may also be a [defaults] pattern
-_KIND_NAMES = {"bool": "true or false", "int": "an integer", "float": "a number", "str": "a string",
+_KIND_NAMES = {"bool": "true or false", "int": "an integer", "float": "a number", "str": "a string", "number-or-str": "a number or a string",
                "list": 'an array of strings such as ["a", "b"] (or "a,b")', "path": "a path (a string)",
                "data": 'a path (a string) or "random[:N]"',
                "shapes": 'a table such as {input = [1, 3, 224, 224]} or an array such as ["input=1x3x224x224"]'}
@@ -248,6 +256,7 @@ def convert(setting: Setting, value, fail) -> object:
           "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
           "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
           "str": lambda v: isinstance(v, str),
+          "number-or-str": lambda v: isinstance(v, (int, float, str)) and not isinstance(v, bool),
           "path": lambda v: isinstance(v, str) and bool(v.strip()),
           "data": lambda v: isinstance(v, str) and bool(v.strip())}
     if kind in ok:

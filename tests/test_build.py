@@ -471,6 +471,7 @@ def test_parallel_jobs_keep_config_order(project):
 # -- the settings table stays the one source of truth -------------------------------------------
 
 _KIND_PATTERNS = {"bool": r"\bbool\b", "int": r"\bint\b", "float": r"\bfloat\b", "str": r"\bstr\b",
+                  "number-or-str": r"\bfloat\b.*\bstr\b",
                   "list": r"(Sequence|list)\[str\]", "path": r"PathLike", "data": r"PathLike",
                   "shapes": r"dict\[str, list\[int\]\]"}
 
