@@ -1,6 +1,6 @@
 """graphopt against its peers, side by side: tool time and memory, and ORT latency of what each tool writes.
 
-    python tools/bench_peers.py [MODEL ...] [--reps 3] [--budget 8] [--json FILE] [--tools a,b]
+    python tools/bench_peers.py [MODEL ...] [--reps 3] [--budget 20] [--json FILE] [--tools a,b]
 
 Without MODEL: the onnx package's light zoo (backend/test/data/light), models/digits_cnn.onnx
 and every build/zoo/**/*.onnx that exists.
@@ -161,7 +161,7 @@ def _agrees(ref: list[np.ndarray], got: list[np.ndarray]) -> tuple[bool, float]:
 
 
 def latencies(model: pathlib.Path, outputs: dict[str, pathlib.Path], threads: int, budget_s: float,
-              max_runs: int, min_runs: int = 10) -> dict[str, dict]:
+              max_runs: int, min_runs: int = 20) -> dict[str, dict]:
     """Median ORT latency of the original and of each output, sessions' runs interleaved."""
     sessions: dict[str, ort.InferenceSession] = {}
     results: dict[str, dict] = {}
@@ -306,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=3, help="runs of each tool per model, interleaved")
     parser.add_argument("--timeout", type=float, default=900, help="seconds per tool run")
     parser.add_argument("--threads", type=int, default=2, help="ORT intra-op threads")
-    parser.add_argument("--budget", type=float, default=8.0, help="seconds of timed ORT runs per model")
+    parser.add_argument("--budget", type=float, default=20.0, help="seconds of timed ORT runs per model")
     parser.add_argument("--max-runs", type=int, default=3000, help="most timed ORT rounds per model")
     parser.add_argument("--json", type=pathlib.Path, help="also write every figure here")
     parser.add_argument("--keep", type=pathlib.Path, help="keep the tools' outputs under this directory")
