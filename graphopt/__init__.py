@@ -1,10 +1,33 @@
 """graphopt: an ONNX graph optimizer and deployment compiler, verified in ONNX Runtime."""
 
-from graphopt.api import OptimizeResult, inspect, optimize
-from graphopt.build import build  # the function shadows the submodule name: use `from graphopt.build import ...`
-from graphopt.errors import GraphoptError, InputError, UsageError, VerificationError
-from graphopt.io import load, save
+from __future__ import annotations
+
+import importlib
 
 __all__ = ["optimize", "inspect", "build", "OptimizeResult", "load", "save", "GraphoptError", "InputError",
            "UsageError", "VerificationError", "__version__"]
 __version__ = "0.1.0"
+
+# Resolved on first use (PEP 562): `import graphopt` stays cheap, and the command line can set
+# up its imports (see graphopt/startup.py) before onnx-ir loads.
+_EXPORTS = {
+    "optimize": "graphopt.api", "inspect": "graphopt.api", "OptimizeResult": "graphopt.api",
+    "load": "graphopt.io", "save": "graphopt.io",
+    "GraphoptError": "graphopt.errors", "InputError": "graphopt.errors", "UsageError": "graphopt.errors",
+    "VerificationError": "graphopt.errors",
+}
+
+
+from graphopt.build import build  # noqa: E402 - light; the function shadows the submodule name: use `from graphopt.build import ...`
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'graphopt' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 __all__ = ["OptimizeResult", "optimize", "inspect"]
 
-import dataclasses
+import concurrent.futures
 import logging
 import os
 import pathlib
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -18,30 +19,81 @@ import onnx_ir as ir
 
 from graphopt import io
 from graphopt.analysis import analyze
+from graphopt.errors import InputError, UsageError
 from graphopt.pipeline import PassOptions, Pipeline, select
 from graphopt.report import Report
-from graphopt.verify import RTOL, ATOL, VerifyResult, load_npz, verify as verify_models
+from graphopt.verify import RTOL, ATOL, VerifyResult, check as verify_check, load_npz, reference as verify_reference
 
 logger = logging.getLogger(__name__)
 
+# Largest model whose reference run overlaps the passes (both copies are resident meanwhile).
+_OVERLAP_MAX_BYTES = 512 << 20
 
-@dataclasses.dataclass
+
 class OptimizeResult:
-    model: ir.Model
-    report: Report
-    _protect: set[pathlib.Path] = dataclasses.field(default_factory=set, repr=False)
-    sparse_format: str | None = None  # set by pruning: zero-heavy weights are saved as sparse_initializer
+    """The optimized model, its report, and `save()`.
+
+    optimize() already wrote the model once (verification runs on that file, and the report
+    gives its size); the first `save()` moves that very file into place instead of serializing
+    the model again, unless `model` has been read since (the caller may have changed it).
+    """
+
+    def __init__(self, model: ir.Model, report: Report, protect: set[pathlib.Path] | None = None, *,
+                 sparse_format: str | None = None, staged: io.Staged | None = None):
+        self._model = model
+        self.report = report
+        self._protect = set(protect or ())
+        self.sparse_format = sparse_format  # set by pruning: zero-heavy weights are saved as sparse_initializer
+        self._staged = staged  # deleted with this result unless save() moves it
+
+    @property
+    def model(self) -> ir.Model:
+        self._drop_staged()
+        return self._model
 
     def to_onnx(self) -> onnx.ModelProto:
-        return ir.serde.serialize_model(self.model)
+        return ir.serde.serialize_model(self._model)
 
     def save(self, path: str | os.PathLike, *, external_data: bool | None = None) -> list[pathlib.Path]:
         """Write atomically; refuses to overwrite the input model or its external data."""
-        written = io.save(self.model, path, external_data=external_data, protect=self._protect,
-                          sparse_format=self.sparse_format)
+        written = self._move_staged(path) if external_data is None else None
+        if written is None:
+            written = io.save(self._model, path, external_data=external_data, protect=self._protect,
+                              sparse_format=self.sparse_format)
         self.report.output = str(written[0])
         self.report.file_bytes_after = sum(p.stat().st_size for p in written)
         return written
+
+    def _move_staged(self, path) -> list[pathlib.Path] | None:
+        staged, self._staged = self._staged, None
+        if staged is None or len(staged.targets) != 1 or not staged.path.exists():
+            return None
+        target = pathlib.Path(path).resolve()
+        if target in {p.resolve() for p in self._protect}:
+            raise UsageError(f"{target}: refusing to overwrite the input; choose another output path")
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.replace(staged.path, target)
+            except OSError:  # another file system: copy beside the target, then rename
+                with tempfile.NamedTemporaryFile(dir=target.parent, prefix=".graphopt-", delete=False) as tmp:
+                    pass
+                try:
+                    shutil.copyfile(staged.path, tmp.name)
+                    os.replace(tmp.name, target)
+                except BaseException:
+                    pathlib.Path(tmp.name).unlink(missing_ok=True)
+                    raise
+        except OSError as e:
+            raise InputError(f"{target}: cannot write output ({str(e).splitlines()[0]})") from e
+        finally:
+            staged.discard()
+        return [target]
+
+    def _drop_staged(self) -> None:
+        staged, self._staged = self._staged, None
+        if staged is not None:
+            staged.discard()
 
 
 def _source_bytes(source, working: ir.Model) -> int:
@@ -143,10 +195,26 @@ def optimize(
     working = io.load(model)
     protect = _protected_paths(model, working)
     file_before = _source_bytes(model, working)
-    before = analyze(working)
-    result = Pipeline(specs, options).run(working, progress=progress)
-    after = analyze(working)
     data = load_npz(inputs) if isinstance(inputs, (str, os.PathLike)) else inputs
+    # The original's reference run needs nothing from the passes: it runs on the other core
+    # meanwhile (ORT reads the file and releases the GIL). Only from a path (an in-memory
+    # source may share lazily loaded tensors with `working`), never for big models (which
+    # must not be held twice).
+    background = None
+    if (verify and not inference and isinstance(model, (str, os.PathLike))
+            and io.model_size_bytes(working) <= _OVERLAP_MAX_BYTES):
+        background = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="graphopt-reference")
+        reference_run = background.submit(verify_reference, model, shapes=shapes, data=data,
+                                          outputs=list(outputs) if outputs else None)
+        background.shutdown(wait=False)
+    before = analyze(working)
+    try:
+        result = Pipeline(specs, options).run(working, progress=progress)
+    except BaseException:
+        if background is not None:
+            reference_run.cancel() or reference_run.exception()  # let the thread finish before the error leaves
+        raise
+    after = analyze(working)
 
     file_after = None
     verification: VerifyResult | None = None
@@ -161,15 +229,23 @@ def optimize(
             REGISTRY["training_leftovers"].factory(PassOptions(inference=True))(baseline)
         finally:
             quiet.setLevel(level)
-    with tempfile.TemporaryDirectory(prefix="graphopt-") as tmp:
-        staged = pathlib.Path(tmp) / "optimized.onnx"
-        written = io.save(working, staged)
-        file_after = sum(p.stat().st_size for p in written)
-        if verify:
-            if progress:
-                progress("verify")
-            verification = verify_models(baseline, staged, shapes=shapes, data=data, rtol=rtol, atol=atol,
-                                         outputs=list(outputs) if outputs else None)
+    scratch = pathlib.Path(tempfile.mkdtemp(prefix="graphopt-"))
+    try:
+        staged = io.stage(working, scratch / "optimized.onnx")
+    finally:
+        if not any(scratch.iterdir()):
+            scratch.rmdir()
+    staged.also_remove.append(scratch)
+    file_after = sum(t.stat().st_size for t in staged.path.parent.iterdir())
+    if verify:
+        if progress:
+            progress("verify")
+        if background is not None:
+            ref = reference_run.result()
+        else:
+            ref = verify_reference(baseline, shapes=shapes, data=data, outputs=list(outputs) if outputs else None)
+        verification = verify_check(ref, staged.path, rtol=rtol, atol=atol)
+        del ref
     warnings = []
     if verification is not None and verification.status == "skipped":
         warnings.append(f"not verified: {verification.reason}")
@@ -224,7 +300,11 @@ def optimize(
         report.sections["compression"] = compressed.section
     if lossy_section is not None:
         report.sections["quantization"] = lossy_section
-    return OptimizeResult(working, report, protect, sparse_format=compressed and compressed.sparse_format)
+    if compressed is not None or lossy_section is not None:
+        staged.discard()  # the lossy stages changed the model after it was staged
+        staged = None
+    return OptimizeResult(working, report, protect, sparse_format=compressed and compressed.sparse_format,
+                          staged=staged)
 
 
 def _bench_section(original, optimized: ir.Model, provider: str, threads: int | None, shapes, data,

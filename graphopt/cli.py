@@ -12,10 +12,14 @@ import pathlib
 import sys
 from typing import Optional
 
-import typer
-from rich.console import Console
+from graphopt.startup import defer_sympy
 
-from graphopt.errors import GraphoptError, UsageError
+defer_sympy()  # before anything imports onnx-ir
+
+import typer  # noqa: E402
+from rich.console import Console  # noqa: E402
+
+from graphopt.errors import GraphoptError, UsageError  # noqa: E402
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
                   help="Optimize ONNX models, verified in ONNX Runtime.")

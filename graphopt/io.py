@@ -8,7 +8,7 @@ file (or its external data) is never the target.
 
 from __future__ import annotations
 
-__all__ = ["load", "save", "model_size_bytes", "external_data_paths", "release_mapped", "EXTERNAL_DATA_THRESHOLD"]
+__all__ = ["load", "save", "stage", "Staged", "model_size_bytes", "external_data_paths", "release_mapped", "EXTERNAL_DATA_THRESHOLD"]
 
 import atexit
 import collections
@@ -23,7 +23,7 @@ import onnx
 import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
-from graphopt import sparse
+from graphopt import protowrite, sparse
 from graphopt.errors import InputError, UsageError
 
 logger = logging.getLogger(__name__)
@@ -189,15 +189,52 @@ def model_size_bytes(model: ir.Model) -> int:
     return sum(t.nbytes for t in _tensors(model))
 
 
-def save(model: ir.Model, path: str | os.PathLike, *, external_data: bool | None = None,
-         protect: set[pathlib.Path] = frozenset(), sparse_format: str | None = None) -> list[pathlib.Path]:
-    """Write `model` atomically to `path`; return the files written.
+class Staged:
+    """A model written beside its target but not yet in place: `commit()` moves it there
+    (os.replace, so readers see the old file or the new one, never half of one); leaving the
+    `with` block without committing deletes it. `path` is a complete model file meanwhile
+    (verification runs on it, so the file that lands is the file that was checked)."""
 
-    `external_data=None` chooses: weights go to `<name>.data` when the model is too big for
-    one protobuf or when it was loaded with external data. `protect` lists files that must
-    not be replaced (the input model and its data). `sparse_format` ("ort" or "onnx", see
-    `graphopt.sparse`) stores zero-heavy weights as `sparse_initializer` where that is smaller.
-    """
+    def __init__(self, staging: pathlib.Path, targets: list[pathlib.Path]):
+        self.targets = targets
+        self.path = staging / targets[0].name
+        self.also_remove: list[pathlib.Path] = []  # directories discard() deletes too
+        self._staging = staging
+        # Deleted on discard(), when garbage-collected, or at exit, whichever comes first.
+        self._cleanup = weakref.finalize(self, _remove_trees, [staging], self.also_remove)
+
+    def commit(self) -> list[pathlib.Path]:
+        written = []
+        try:
+            # Data first: a reader that sees the new model file also finds its data.
+            for t in reversed(self.targets):
+                os.replace(self._staging / t.name, t)
+                written.append(t)
+        except OSError as e:
+            raise InputError(f"{self.targets[0]}: cannot write output ({_first_line(e)})") from e
+        finally:
+            self.discard()
+        return written[::-1]
+
+    def discard(self) -> None:
+        self._cleanup()
+
+    def __enter__(self) -> Staged:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.discard()
+
+
+def _remove_trees(*lists: list[pathlib.Path]) -> None:
+    for directories in lists:
+        for directory in directories:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def stage(model: ir.Model, path: str | os.PathLike, *, external_data: bool | None = None,
+          protect: set[pathlib.Path] = frozenset(), sparse_format: str | None = None) -> Staged:
+    """Write `model` next to `path` for a later `commit()`; the arguments are those of `save`."""
     target = pathlib.Path(path).resolve()
     if external_data is None:
         external_data = (model_size_bytes(model) >= EXTERNAL_DATA_THRESHOLD or bool(external_data_paths(model))
@@ -209,30 +246,39 @@ def save(model: ir.Model, path: str | os.PathLike, *, external_data: bool | None
             raise UsageError(f"{t}: refusing to overwrite the input; choose another output path")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        staging = pathlib.Path(tempfile.mkdtemp(prefix=".graphopt-", dir=target.parent))
+        staged = Staged(pathlib.Path(tempfile.mkdtemp(prefix=".graphopt-", dir=target.parent)), targets)
     except OSError as e:
         raise InputError(f"{target}: cannot write output ({_first_line(e)})") from e
     try:
-        staged = staging / target.name
         if sparse_format:
-            sparse.write_sparse(model, staged, sparse_format, data_name if external_data else None)
+            sparse.write_sparse(model, staged.path, sparse_format, data_name if external_data else None)
         elif external_data:
-            ir.save(model, staged, external_data=data_name)
+            ir.save(model, staged.path, external_data=data_name)
             if model_size_bytes(model) >= EXTERNAL_DATA_THRESHOLD:
-                _spill(model, staged)
+                _spill(model, staged.path)
         else:
-            ir.save(model, staged)
-        written = []
-        # Data first: a reader that sees the new model file also finds its data.
-        for t in reversed(targets):
-            os.replace(staging / t.name, t)
-            written.append(t)
-        return written[::-1]
+            protowrite.write_inline(model, staged.path)
     except OSError as e:
+        staged.discard()
         raise InputError(f"{target}: cannot write output ({_first_line(e)})") from e
+    except BaseException:
+        staged.discard()
+        raise
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
         release_mapped(model)
+    return staged
+
+
+def save(model: ir.Model, path: str | os.PathLike, *, external_data: bool | None = None,
+         protect: set[pathlib.Path] = frozenset(), sparse_format: str | None = None) -> list[pathlib.Path]:
+    """Write `model` atomically to `path`; return the files written.
+
+    `external_data=None` chooses: weights go to `<name>.data` when the model is too big for
+    one protobuf or when it was loaded with external data. `protect` lists files that must
+    not be replaced (the input model and its data). `sparse_format` ("ort" or "onnx", see
+    `graphopt.sparse`) stores zero-heavy weights as `sparse_initializer` where that is smaller.
+    """
+    return stage(model, path, external_data=external_data, protect=protect, sparse_format=sparse_format).commit()
 
 
 _SPILL_MIN_BYTES = 1 << 20

@@ -96,9 +96,12 @@ def _names(graph: ir.Graph) -> set[str]:
     return names
 
 
-def add_initializer(graph: ir.Graph, base_name: str, array: np.ndarray) -> ir.Value:
-    """Register `array` as a new initializer under a fresh name (never overwrites one)."""
-    name = unique_name(graph, base_name)
+def add_initializer(graph: ir.Graph, base_name: str, array: np.ndarray, *, name_is_fresh: bool = False) -> ir.Value:
+    """Register `array` as a new initializer under a fresh name (never overwrites one).
+
+    `name_is_fresh`: the caller took `base_name` from `fresh_name(model_names(...))`, so the
+    graph need not be scanned again (that scan made folding N layers cost N^2)."""
+    name = base_name if name_is_fresh else unique_name(graph, base_name)
     value = ir.Value(name=name, const_value=ir.tensor(array, name=name))
     value.shape = ir.Shape(array.shape)
     value.dtype = ir.DataType.from_numpy(array.dtype)
@@ -281,7 +284,7 @@ class ConstantAlgebra:
     def initializer(self, array: np.ndarray, base: str) -> ir.Value:
         name = fresh_name(self.taken, base)
         if not self.defer:
-            return add_initializer(self.graph, name, array)
+            return add_initializer(self.graph, name, array, name_is_fresh=True)
         value = ir.Value(name=name, const_value=ir.tensor(array, name=name), shape=ir.Shape(array.shape),
                          type=ir.TensorType(ir.DataType.from_numpy(array.dtype)))
         self.pending.append(value)
@@ -301,7 +304,7 @@ class ConstantAlgebra:
             return x
         array = np.asarray(x)
         if array.dtype.kind == "f":
-            array = array.astype(self.dtype.numpy())
+            array = array.astype(self.dtype.numpy(), copy=False)
         if is_fill(array):
             shape = self.initializer(np.array(array.shape, np.int64), f"{base}_shape")
             fill = ir.tensor(array.reshape(-1)[:1])
@@ -500,7 +503,8 @@ def fold_output_channel_affine(node: ir.Node, scale, shift, taken: set[str], tag
     if w_scale is not None:
         if w_array is not None and isinstance(w_scale, np.ndarray):
             work = np.float32 if dtype in (ir.DataType.FLOAT16, ir.DataType.BFLOAT16) else w_array.dtype
-            new_w = (w_array.astype(work) * w_scale.astype(work)).astype(w_array.dtype)
+            new_w = (w_array.astype(work, copy=False) * w_scale.astype(work, copy=False)).astype(
+                w_array.dtype, copy=False)
         else:
             mult = alg.reshape(w_scale, layout) if isinstance(w_scale, ir.Value) else w_scale
             new_w = alg.mul(w, mult)

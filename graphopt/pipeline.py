@@ -62,6 +62,10 @@ class PassSpec:
     # False for passes that annotate rather than rewrite (shape inference): their
     # `modified` does not keep the fixed-point loop going.
     rewrites: bool = True
+    # Op types the pass can act on: when the model has none of them the pass is neither
+    # built nor run (its module, and e.g. onnxscript's rewriter, is not even imported).
+    # Empty: always run.
+    needs_ops: frozenset[str] = frozenset()
 
 
 @dataclasses.dataclass
@@ -98,6 +102,10 @@ def count_nodes(model: ir.Model) -> int:
     return sum(1 for _ in _all_nodes(model))
 
 
+def _op_types(model: ir.Model) -> set[str]:
+    return {node.op_type for node in _all_nodes(model)}
+
+
 def _all_nodes(model: ir.Model):
     yield from model.graph.all_nodes()
     for function in model.functions.values():
@@ -105,25 +113,47 @@ def _all_nodes(model: ir.Model):
 
 
 class Pipeline:
-    """Runs pass specs in order, repeating the list until no rewriting pass changes the model."""
+    """Runs pass specs in order, repeating the list until no rewriting pass changes the model.
+
+    A pass whose last run changed nothing is not run again until some pass has changed the
+    model since (passes are deterministic: same model in, nothing to do again), so the
+    confirming last round costs only what changed in the round before.
+    """
 
     def __init__(self, specs: Sequence[PassSpec], options: PassOptions | None = None,
                  max_iterations: int = MAX_ITERATIONS):
         self.specs = list(specs)
         self.options = options or PassOptions()
         self.max_iterations = max_iterations
-        self._passes = [(spec, spec.factory(self.options)) for spec in self.specs]
+        self._built: dict[str, ir.passes.PassBase] = {}
+
+    def _pass(self, spec: PassSpec) -> ir.passes.PassBase:
+        if spec.name not in self._built:
+            self._built[spec.name] = spec.factory(self.options)
+        return self._built[spec.name]
 
     def run(self, model: ir.Model, progress: Callable[[str], None] | None = None) -> PipelineResult:
         stats = {spec.name: PassStats(spec.name) for spec in self.specs}
+        version = 0  # bumped by every modifying run, annotations included
+        idle_at: dict[str, int] = {}  # pass -> version at its last run that changed nothing
         iterations = 0
         for iterations in range(1, self.max_iterations + 1):
             changed = False
-            for spec, pass_ in self._passes:
+            ops = _op_types(model)
+            for spec in self.specs:
+                if idle_at.get(spec.name) == version:
+                    continue
+                if spec.needs_ops and not spec.needs_ops & ops:
+                    idle_at[spec.name] = version
+                    continue
                 if progress:
                     progress(spec.name)
-                modified = self._run_one(spec, pass_, model, stats[spec.name])
-                changed |= modified and spec.rewrites
+                if self._run_one(spec, self._pass(spec), model, stats[spec.name]):
+                    version += 1
+                    ops = _op_types(model)
+                    changed |= spec.rewrites
+                else:
+                    idle_at[spec.name] = version
             if not changed:
                 break
         else:

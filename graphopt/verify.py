@@ -8,7 +8,7 @@ check the graph we wrote, not ORT's rewrite of it.
 
 from __future__ import annotations
 
-__all__ = ["OutputCheck", "VerifyResult", "verify", "make_inputs", "run_model", "parse_shape", "load_npz"]
+__all__ = ["OutputCheck", "VerifyResult", "Reference", "verify", "reference", "check", "make_inputs", "run_model", "parse_shape", "load_npz"]
 
 import contextlib
 import dataclasses
@@ -158,42 +158,66 @@ def run_model(model, feeds: dict[str, np.ndarray] | None = None, shapes=None, pr
         return feeds, dict(zip(names, session.run(names, feeds)))
 
 
-def verify(original, optimized, *, shapes: dict[str, list[int]] | None = None,
-           data: dict[str, np.ndarray] | None = None, rtol: float = RTOL, atol: float = ATOL,
-           outputs: list[str] | None = None, providers=None, seed: int = 0) -> VerifyResult:
-    """Compare every graph output of `optimized` with the same output of `original`."""
+@dataclasses.dataclass
+class Reference:
+    """The original model's outputs on the inputs verification uses (or why it cannot run)."""
+
+    feeds: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    outputs: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    nondeterministic: set[str] = dataclasses.field(default_factory=set)
+    skipped: str = ""  # why ORT cannot run the original; then nothing can be verified
+
+
+def reference(original, *, shapes: dict[str, list[int]] | None = None, data: dict[str, np.ndarray] | None = None,
+              outputs: list[str] | None = None, providers=None, seed: int = 0) -> Reference:
+    """Run the original once. Independent of the optimized model, so it may run while that is made."""
     with tempfile.TemporaryDirectory(prefix="graphopt-verify-") as tmp:
-        workdir = pathlib.Path(tmp)
         try:
-            with _session_source(original, workdir, "original") as source:
+            with _session_source(original, pathlib.Path(tmp), "original") as source:
                 session = _session(source, providers)
                 feeds = make_inputs(session, shapes, data, seed)
                 wanted = outputs or [o.name for o in session.get_outputs()]
-                reference = dict(zip(wanted, session.run(wanted, feeds)))
-                nondeterministic = _nondeterministic_ops(source)
-                del session
-        except ort.capi.onnxruntime_pybind11_state.Fail as e:
-            return VerifyResult("skipped", reason=f"ONNX Runtime cannot run the original model: {_line(e)}")
-        except (ort.capi.onnxruntime_pybind11_state.InvalidGraph,
+                got = dict(zip(wanted, session.run(wanted, feeds)))
+                return Reference(feeds, got, _nondeterministic_ops(source))
+        except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidGraph,
                 ort.capi.onnxruntime_pybind11_state.NotImplemented,
                 ort.capi.onnxruntime_pybind11_state.InvalidArgument) as e:
-            return VerifyResult("skipped", reason=f"ONNX Runtime cannot run the original model: {_line(e)}")
-        input_shapes = {k: list(v.shape) for k, v in feeds.items()}
+            return Reference(skipped=f"ONNX Runtime cannot run the original model: {_line(e)}")
+
+
+def check(ref: Reference, optimized, *, rtol: float = RTOL, atol: float = ATOL, providers=None) -> VerifyResult:
+    """Run `optimized` on the reference's inputs and compare every output the reference has."""
+    if ref.skipped:
+        return VerifyResult("skipped", reason=ref.skipped)
+    wanted = list(ref.outputs)
+    input_shapes = {k: list(v.shape) for k, v in ref.feeds.items()}
+    with tempfile.TemporaryDirectory(prefix="graphopt-verify-") as tmp:
         try:
-            with _session_source(optimized, workdir, "optimized") as source:
+            with _session_source(optimized, pathlib.Path(tmp), "optimized") as source:
                 session = _session(source, providers)
-                got = dict(zip(wanted, session.run(wanted, feeds)))
+                got = dict(zip(wanted, session.run(wanted, ref.feeds)))
                 del session
         except Exception as e:  # noqa: BLE001 - any ORT failure on our output is a failed verification
             return VerifyResult("failed", reason=f"ONNX Runtime cannot run the optimized model: {_line(e)}",
                                 input_shapes=input_shapes)
-    checks = [_compare(name, reference[name], got[name], rtol, atol) for name in wanted]
-    if nondeterministic:
-        checks = [dataclasses.replace(c, ok=reference[c.name].shape == got[c.name].shape,
+    checks = [_compare(name, ref.outputs[name], got[name], rtol, atol) for name in wanted]
+    if ref.nondeterministic:
+        checks = [dataclasses.replace(c, ok=ref.outputs[c.name].shape == got[c.name].shape,
                                       detail="random op: shape compared") for c in checks]
     status = "passed" if all(c.ok for c in checks) else "failed"
-    reason = f"random ops ({', '.join(sorted(nondeterministic))}): only shapes compared" if nondeterministic else ""
+    reason = (f"random ops ({', '.join(sorted(ref.nondeterministic))}): only shapes compared"
+              if ref.nondeterministic else "")
     return VerifyResult(status, checks, reason, rtol, atol, input_shapes)
+
+
+def verify(original, optimized, *, shapes: dict[str, list[int]] | None = None,
+           data: dict[str, np.ndarray] | None = None, rtol: float = RTOL, atol: float = ATOL,
+           outputs: list[str] | None = None, providers=None, seed: int = 0) -> VerifyResult:
+    """Compare every graph output of `optimized` with the same output of `original`.
+
+    The two sessions run one after the other, so a model over 2 GB is never held twice."""
+    ref = reference(original, shapes=shapes, data=data, outputs=outputs, providers=providers, seed=seed)
+    return check(ref, optimized, rtol=rtol, atol=atol, providers=providers)
 
 
 def _nondeterministic_ops(source) -> set[str]:

@@ -74,13 +74,15 @@ _SPECS += [
              "MatMul over the leading dims, so ORT can fuse what follows."),
     PassSpec("recompose_ops", _lazy("recompose_ops", "RecomposeOpsPass"),
              "Re-compose decomposed LayerNorm, Gelu, HardSigmoid/HardSwish, Softplus, Mish into the ONNX op "
-             "(or, before the op's opset, the form ORT fuses)."),
+             "(or, before the op's opset, the form ORT fuses).",
+             needs_ops=frozenset({"Sqrt", "Erf", "Log", "Tanh", "Clip", "HardSigmoid"})),  # see recompose_ops.TRIGGERS
     PassSpec("sink_transposes", _lazy("sink_transposes", "SinkTransposesPass"),
              "Cancel Transpose pairs through element-wise/reduce/Pad/Concat/Resize chains; collapse "
              "Reshape-Transpose-Reshape (MXNet batch_dot) into one Transpose."),
     PassSpec("fuse_pad", _lazy("fuse_pad", "FusePadPass"),
              "Fold an explicit Pad into the Conv/AveragePool/MaxPool after it (tf2onnx SAME padding, "
-             "ZeroPadding2D), opset 11+; MaxPool only where the padding cannot change the max."),
+             "ZeroPadding2D), opset 11+; MaxPool only where the padding cannot change the max.",
+             needs_ops=frozenset({"Pad"})),
     PassSpec("set_input_shapes", _lazy("input_shapes", "SetInputShapesPass", shapes=lambda o: o.shapes),
              "Fix the input dims given with --shape in the model (runs first whenever --shape is given)."),
     PassSpec("upgrade_opset", _lazy("upgrade_opset", "UpgradeOpsetPass", target=lambda o: o.target_opset),

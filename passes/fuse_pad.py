@@ -29,8 +29,6 @@ import math
 
 import numpy as np
 import onnx_ir as ir
-from onnxscript.rewriter import pattern
-from onnxscript.rewriter.rules.common._fuse_pad_into_conv import FuseConvIntegerPad, FuseConvPad
 
 from graphopt.patterns import attr_ints, constant_array, is_default_domain, opset_version, single_consumer
 from graphopt.pipeline import CountedPassResult
@@ -43,6 +41,8 @@ _KEEPS_SIGN = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "
 
 
 def _guarded(rule_class):
+    from onnxscript.rewriter import pattern
+
     class Guarded(rule_class):
         def __init__(self):
             super().__init__()
@@ -147,6 +147,15 @@ def _fold_into_pool(pool: ir.Node) -> bool:
     return True
 
 
+def _fold_into_convs(model: ir.Model) -> int:
+    # onnxscript is imported only here: it costs 0.3 s of start-up, and most models have no Pad -> Conv.
+    from onnxscript.rewriter import pattern
+    from onnxscript.rewriter.rules.common._fuse_pad_into_conv import FuseConvIntegerPad, FuseConvPad
+
+    rules = pattern.RewriteRuleSet([_guarded(FuseConvPad).rule(), _guarded(FuseConvIntegerPad).rule()])
+    return rules.apply_to_model(model)
+
+
 class FusePadPass(ir.passes.InPlacePass):
     """Conv/AveragePool/MaxPool(Pad(x)) -> the op with the padding in its pads (opset >= 11)."""
 
@@ -154,10 +163,11 @@ class FusePadPass(ir.passes.InPlacePass):
         counters: collections.Counter = collections.Counter()
         if opset_version(model) < 11:
             return CountedPassResult(model, False, {})
-        if not any(n.op_type == "Pad" and is_default_domain(n) for n in model.graph.all_nodes()):
+        pads = [n for n in model.graph.all_nodes() if n.op_type == "Pad" and is_default_domain(n)]
+        if not pads:
             return CountedPassResult(model, False, {})
-        rules = pattern.RewriteRuleSet([_guarded(FuseConvPad).rule(), _guarded(FuseConvIntegerPad).rule()])
-        counters["pads_folded_into_conv"] = rules.apply_to_model(model)
+        if any(use.node.op_type in ("Conv", "ConvInteger") for pad in pads for use in pad.outputs[0].uses()):
+            counters["pads_folded_into_conv"] = _fold_into_convs(model)
         for node in list(ir.traversal.RecursiveGraphIterator(model.graph)):
             if node.graph is not None and node.op_type in ("MaxPool", "AveragePool") and is_default_domain(node):
                 if _fold_into_pool(node):

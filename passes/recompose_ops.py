@@ -295,6 +295,19 @@ def _rulesets(opset: int) -> dict[str, pattern.RewriteRuleSet]:
     return {name: pattern.RewriteRuleSet(rules, commute=name == "gelu") for name, rules in sets.items()}
 
 
+# An op every match of a rule set contains (any one of them): without it the set cannot match.
+# The pass's registry entry lists their union as `needs_ops`.
+TRIGGERS = {"layernorm": {"Sqrt"}, "gelu": {"Erf"}, "softplus": {"Log"}, "mish": {"Tanh"},
+            "hardswish": {"Clip", "HardSigmoid"}}
+
+
+def _op_types(model: ir.Model) -> set[str]:
+    ops = {n.op_type for n in model.graph.all_nodes()}
+    for function in model.functions.values():
+        ops.update(n.op_type for n in function.all_nodes())
+    return ops
+
+
 class RecomposeOpsPass(ir.passes.InPlacePass):
     """Re-compose LayerNorm, Gelu, HardSigmoid/HardSwish, Softplus and Mish (see the module docstring)."""
 
@@ -304,6 +317,8 @@ class RecomposeOpsPass(ir.passes.InPlacePass):
         if opset < 7:
             return CountedPassResult(model, False, counters)
         for name, ruleset in _rulesets(opset).items():
+            if not TRIGGERS[name] & _op_types(model):  # re-read: an earlier set may have made one (Softplus)
+                continue
             count = ruleset.apply_to_model(model)
             if count:
                 counters[f"{name}_recomposed"] = count

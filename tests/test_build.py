@@ -280,10 +280,10 @@ def test_fail_fast_skips_the_rest(project):
 def _fail_verification(monkeypatch):
     from graphopt.verify import OutputCheck, VerifyResult
 
-    def verify(*args, **kwargs):
+    def check(*args, **kwargs):
         return VerifyResult("failed", [OutputCheck("y", False, 0.5, 0.25)])
 
-    monkeypatch.setattr("graphopt.api.verify_models", verify)
+    monkeypatch.setattr("graphopt.api.verify_check", check)
 
 
 def test_verification_failure_is_not_written_unless_forced(project, monkeypatch, capsys):

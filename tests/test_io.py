@@ -177,7 +177,7 @@ def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
         path.write_bytes(b"half a model")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(ir, "save", broken_save)
+    monkeypatch.setattr(io.protowrite, "write_inline", broken_save)
     with pytest.raises(InputError, match="cannot write"):
         io.save(model, target)
     assert target.read_bytes() == b"previous"
@@ -266,3 +266,38 @@ def test_ir_model_with_external_data_from_another_directory(tmp_path, monkeypatc
     written = result.save(tmp_path / "out.onnx")
     assert [p.name for p in written] == ["out.onnx", "out.onnx.data"]
     np.testing.assert_allclose(_ort(tmp_path / "out.onnx", _feeds())[0], _ort(src, _feeds())[0], rtol=1e-4, atol=1e-5)
+
+
+# --- the verified file is the file that lands ---------------------------------------------------
+
+def test_save_moves_the_verified_file_and_cleans_up(conv_bn_file, tmp_path, monkeypatch):
+    result = graphopt.optimize(conv_bn_file)
+    staging = result._staged.path.parent.parent
+    assert staging.is_dir()
+    # The staged file, not a second serialization: saving must not write the model again.
+    monkeypatch.setattr(io.protowrite, "write_inline", lambda *a, **k: pytest.fail("serialized twice"))
+    target = tmp_path / "moved.onnx"
+    written = result.save(target)
+    assert written == [target.resolve()] and result.report.output == str(target.resolve())
+    assert not staging.exists()
+    feeds = _feeds()
+    np.testing.assert_allclose(_ort(target, feeds)[0], _ort(conv_bn_file, feeds)[0], rtol=1e-4, atol=1e-5)
+    assert result.report.file_bytes_after == target.stat().st_size
+    monkeypatch.undo()
+    second = tmp_path / "again.onnx"  # a second save serializes the model again
+    result.save(second)
+    assert onnx.load(second) == onnx.load(target)
+
+
+def test_reading_model_before_save_writes_what_the_caller_changed(conv_bn_file, tmp_path):
+    result = graphopt.optimize(conv_bn_file)
+    result.model.graph.outputs[0].name = "renamed"  # the caller edits the result
+    result.save(tmp_path / "edited.onnx")
+    assert [o.name for o in onnx.load(tmp_path / "edited.onnx").graph.output] == ["renamed"]
+
+
+def test_save_refuses_the_input_on_the_staged_path_too(conv_bn_file):
+    result = graphopt.optimize(conv_bn_file)
+    with pytest.raises(UsageError, match="refusing to overwrite the input"):
+        result.save(conv_bn_file)
+    assert onnx.load(conv_bn_file).graph.node  # untouched
