@@ -31,10 +31,24 @@ import pathlib
 import time
 from typing import Protocol
 
+from typing import TYPE_CHECKING
+
 from graphopt.errors import UsageError
-from graphopt.manifest import Hasher, Manifest, fingerprint, make_entry, stale_reasons
-from graphopt.runner import Job, ModelResult, run_all
-from graphopt.targets import Target, load_config
+
+if TYPE_CHECKING:
+    from graphopt.runner import ModelResult
+    from graphopt.targets import Target
+
+# `import graphopt` imports this module (graphopt.build is the function below), so what only a
+# build needs (multiprocessing, config parsing, hashing: 70 ms) is imported by build().
+
+
+def __getattr__(name: str):
+    if name == "ModelResult":  # part of this module's interface
+        from graphopt.runner import ModelResult
+
+        return ModelResult
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclasses.dataclass
@@ -93,6 +107,10 @@ def build(config=None, *, only=None, jobs: int = 1, check: bool = False, force: 
     the file; `force` rebuilds outputs that are up to date; `check` writes nothing and reports
     stale outputs; `base_dir` anchors a dict config's relative paths (default: the working directory).
     """
+    from graphopt.manifest import Hasher, Manifest, fingerprint, make_entry, stale_reasons
+    from graphopt.runner import Job, run_all
+    from graphopt.targets import load_config
+
     start = time.perf_counter()
     if jobs < 0:
         raise UsageError(f"--jobs {jobs}: expected 1 or more (0: one per CPU)")
@@ -147,4 +165,6 @@ def _label(path: pathlib.Path) -> str:
 
 
 def _result(t: Target, status: str, **fields) -> ModelResult:
+    from graphopt.runner import ModelResult
+
     return ModelResult(t.name, _label(t.source), _label(t.output), status, **fields)

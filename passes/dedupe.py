@@ -31,6 +31,7 @@ import collections
 import hashlib
 import logging
 
+import numpy as np
 import onnx_ir as ir
 
 from graphopt.pipeline import CountedPassResult
@@ -38,14 +39,18 @@ from graphopt.pipeline import CountedPassResult
 logger = logging.getLogger(__name__)
 
 
-def _data(value: ir.Value) -> bytes | None:
+def _data(value: ir.Value):
+    """The tensor's bytes as a buffer: a view where the tensor is in memory (no copy), else read."""
     tensor = value.const_value
     try:
         if tensor.dtype == ir.DataType.STRING:
             # length-prefixed, so ["ab", "c"] and ["a", "bc"] differ
             return b"".join(len(s).to_bytes(8, "little") + s for s in tensor.string_data())
-        return tensor.tobytes()
-    except (OSError, ValueError) as e:  # unreadable external data: leave it alone
+        array = tensor.numpy()
+        if array.dtype.hasobject:
+            return tensor.tobytes()
+        return np.ascontiguousarray(array).reshape(-1).view(np.uint8)
+    except (OSError, ValueError, TypeError) as e:  # unreadable external data: leave it alone
         logger.debug("cannot read initializer %s: %s", value.name, e)
         return None
 
@@ -58,43 +63,52 @@ def _dedupe_graph(graph: ir.Graph, counters: collections.Counter) -> None:
             continue
         by_meta[(tensor.dtype, tuple(tensor.shape.numpy()))].append(init)
 
+    # Only keys are kept per candidate, never its data: a group of same-shape weights of a big
+    # model would otherwise be held in memory all at once (2 GB for 8 MatMuls of 8192x8192).
     for group in by_meta.values():
         if len(group) < 2:
             continue
-        by_sample: dict[bytes, list[tuple[ir.Value, bytes]]] = collections.defaultdict(list)
+        by_sample: dict[bytes, list[ir.Value]] = collections.defaultdict(list)
         for init in group:
             data = _data(init)
             if data is not None:
-                by_sample[_sample(data)].append((init, data))
+                by_sample[_sample(data)].append(init)
         for candidates in by_sample.values():
             if len(candidates) < 2:
                 continue
-            by_hash: dict[bytes, list[tuple[ir.Value, bytes]]] = collections.defaultdict(list)
-            for init, data in candidates:
-                by_hash[hashlib.sha256(data).digest()].append((init, data))
+            by_hash: dict[bytes, list[ir.Value]] = collections.defaultdict(list)
+            for init in candidates:
+                data = _data(init)
+                if data is not None:
+                    by_hash[hashlib.sha256(data).digest()].append(init)
             for same in by_hash.values():
-                _merge(graph, same, counters)
+                if len(same) > 1:
+                    _merge(graph, same, counters)
 
 
-def _sample(data: bytes, points: int = 64, width: int = 8) -> bytes:
-    if len(data) <= points * width:
-        return data
-    step = len(data) // points
-    view = memoryview(data)
-    return b"".join(view[i:i + width] for i in range(0, step * points, step))
+def _sample(data, points: int = 64, width: int = 8) -> bytes:
+    view = memoryview(data).cast("B")
+    if len(view) <= points * width:
+        return view.tobytes()
+    step = len(view) // points
+    return b"".join(view[i:i + width].tobytes() for i in range(0, step * points, step))
 
 
-def _merge(graph: ir.Graph, same: list[tuple[ir.Value, bytes]], counters: collections.Counter) -> None:
+def _merge(graph: ir.Graph, same: list[ir.Value], counters: collections.Counter) -> None:
     # keep a graph output if there is one: it cannot go anyway
-    keep, keep_data = next(((v, d) for v, d in same if v.is_graph_output()), same[0])
-    for init, data in same:
-        if init is keep or init.is_graph_output() or data != keep_data:
+    keep = next((v for v in same if v.is_graph_output()), same[0])
+    keep_data = _data(keep)
+    for init in same:
+        if init is keep or init.is_graph_output():
+            continue
+        data = _data(init)
+        if data is None or not np.array_equal(np.frombuffer(data, np.uint8), np.frombuffer(keep_data, np.uint8)):
             continue
         logger.debug("initializer %s duplicates %s", init.name, keep.name)
         init.replace_all_uses_with(keep)
         del graph.initializers[init.name]
         counters["initializers_merged"] += 1
-        counters["bytes_saved"] += len(data)
+        counters["bytes_saved"] += memoryview(data).nbytes
 
 
 class DeduplicateInitializersPass(ir.passes.InPlacePass):

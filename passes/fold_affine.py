@@ -101,8 +101,8 @@ class FoldAffineIntoWeightsPass(ir.passes.InPlacePass):
         vector = vector.astype(np.float64)
         if vector.size > 1 and np.all(vector == vector[0]):
             vector = vector[:1]  # uniform: a scalar keeps the new constants small
-        scale = {"Mul": vector, "Div": 1.0 / vector}.get(op)
-        shift = {"Add": vector, "Sub": -vector}.get(op)
+        scale = vector if op == "Mul" else 1.0 / vector if op == "Div" else None  # Div: no zeros (above)
+        shift = vector if op == "Add" else -vector if op == "Sub" else None
         if shift is not None and layer.op_type == "MatMul" and self._opset < 7:
             return False  # the Gemm it would become needs broadcast=1 there
         result = patterns.fold_output_channel_affine(layer, scale, shift, self._taken, TAG)
