@@ -214,7 +214,6 @@ def optimize(
         if background is not None:
             reference_run.cancel() or reference_run.exception()  # let the thread finish before the error leaves
         raise
-    after = analyze(working)
 
     file_after = None
     verification: VerifyResult | None = None
@@ -237,15 +236,22 @@ def optimize(
             scratch.rmdir()
     staged.also_remove.append(scratch)
     file_after = sum(t.stat().st_size for t in staged.path.parent.iterdir())
-    if verify:
-        if progress:
-            progress("verify")
-        if background is not None:
-            ref = reference_run.result()
-        else:
+    if verify and progress:
+        progress("verify")
+    if background is not None:  # the check runs in ORT while the result is analyzed here
+        checking = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="graphopt-check")
+        check_run = checking.submit(lambda: verify_check(reference_run.result(), staged.path, rtol=rtol, atol=atol))
+        checking.shutdown(wait=False)
+        try:
+            after = analyze(working)
+        finally:
+            verification = check_run.result()
+    else:
+        after = analyze(working)
+        if verify:
             ref = verify_reference(baseline, shapes=shapes, data=data, outputs=list(outputs) if outputs else None)
-        verification = verify_check(ref, staged.path, rtol=rtol, atol=atol)
-        del ref
+            verification = verify_check(ref, staged.path, rtol=rtol, atol=atol)
+            del ref
     warnings = []
     if verification is not None and verification.status == "skipped":
         warnings.append(f"not verified: {verification.reason}")

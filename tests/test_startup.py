@@ -54,3 +54,27 @@ def test_library_import_leaves_sympy_alone():
         print(type(sys.modules.get("sympy")).__name__)
     """)
     assert run.returncode == 0 and run.stdout.strip() == "module", run.stderr
+
+
+def test_onnxscript_is_loaded_only_when_a_rewrite_rule_can_match(tmp_path):
+    """MobileNet's Relu6 (Clip of a Conv) and Pads before pooling are not onnxscript candidates."""
+    run = _python(f"""
+        import sys
+        import numpy as np, onnx, onnx.helper as oh, onnx.numpy_helper as nh
+        import graphopt
+        w = nh.from_array(np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32), "w")
+        lo, hi = nh.from_array(np.array(0, np.float32), "lo"), nh.from_array(np.array(6, np.float32), "hi")
+        pads = nh.from_array(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "pads")
+        graph = oh.make_graph([oh.make_node("Conv", ["x", "w"], ["c"]), oh.make_node("Clip", ["c", "lo", "hi"], ["r"]),
+                               oh.make_node("Pad", ["r", "pads"], ["p"]),
+                               oh.make_node("MaxPool", ["p"], ["y"], kernel_shape=[2, 2])], "g",
+                              [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)], [w, lo, hi, pads])
+        model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)])
+        result = graphopt.optimize(model)
+        assert result.report.verification.status == "passed"
+        assert "Pad" not in [n.op_type for n in result.model.graph]  # folded into the pool, natively
+        print("onnxscript loaded:", any(m.startswith("onnxscript") for m in sys.modules))
+    """)
+    assert run.returncode == 0, run.stderr
+    assert "onnxscript loaded: False" in run.stdout
