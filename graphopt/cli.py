@@ -7,7 +7,6 @@ usage, 3 internal error. Errors are one line on stderr, never a traceback (unles
 from __future__ import annotations
 
 import logging
-import os
 import pathlib
 import sys
 from typing import Optional

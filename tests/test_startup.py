@@ -58,7 +58,7 @@ def test_library_import_leaves_sympy_alone():
 
 def test_onnxscript_is_loaded_only_when_a_rewrite_rule_can_match(tmp_path):
     """MobileNet's Relu6 (Clip of a Conv) and Pads before pooling are not onnxscript candidates."""
-    run = _python(f"""
+    run = _python("""
         import sys
         import numpy as np, onnx, onnx.helper as oh, onnx.numpy_helper as nh
         import graphopt
