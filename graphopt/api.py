@@ -8,7 +8,6 @@ import concurrent.futures
 import logging
 import os
 import pathlib
-import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -19,7 +18,6 @@ import onnx_ir as ir
 
 from graphopt import io
 from graphopt.analysis import analyze
-from graphopt.errors import InputError, UsageError
 from graphopt.pipeline import PassOptions, Pipeline, select
 from graphopt.report import Report
 from graphopt.verify import RTOL, ATOL, VerifyResult, check as verify_check, load_npz, reference as verify_reference
@@ -68,27 +66,7 @@ class OptimizeResult:
         staged, self._staged = self._staged, None
         if staged is None or len(staged.targets) != 1 or not staged.path.exists():
             return None
-        target = pathlib.Path(path).resolve()
-        if target in {p.resolve() for p in self._protect}:
-            raise UsageError(f"{target}: refusing to overwrite the input; choose another output path")
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.replace(staged.path, target)
-            except OSError:  # another file system: copy beside the target, then rename
-                with tempfile.NamedTemporaryFile(dir=target.parent, prefix=".graphopt-", delete=False) as tmp:
-                    pass
-                try:
-                    shutil.copyfile(staged.path, tmp.name)
-                    os.replace(tmp.name, target)
-                except BaseException:
-                    pathlib.Path(tmp.name).unlink(missing_ok=True)
-                    raise
-        except OSError as e:
-            raise InputError(f"{target}: cannot write output ({str(e).splitlines()[0]})") from e
-        finally:
-            staged.discard()
-        return [target]
+        return staged.move_to(path, self._protect)
 
     def _drop_staged(self) -> None:
         staged, self._staged = self._staged, None
@@ -228,13 +206,8 @@ def optimize(
             REGISTRY["training_leftovers"].factory(PassOptions(inference=True))(baseline)
         finally:
             quiet.setLevel(level)
-    scratch = pathlib.Path(tempfile.mkdtemp(prefix="graphopt-"))
-    try:
-        staged = io.stage(working, scratch / "optimized.onnx")
-    finally:
-        if not any(scratch.iterdir()):
-            scratch.rmdir()
-    staged.also_remove.append(scratch)
+    # Staged in a private directory of the temp dir; save() moves it to where the user wants it.
+    staged = io.stage(working, pathlib.Path(tempfile.gettempdir()) / "optimized.onnx")
     file_after = sum(t.stat().st_size for t in staged.path.parent.iterdir())
     if verify and progress:
         progress("verify")

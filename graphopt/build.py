@@ -29,9 +29,7 @@ import json
 import os
 import pathlib
 import time
-from typing import Protocol
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from graphopt.errors import UsageError
 

@@ -191,17 +191,15 @@ def model_size_bytes(model: ir.Model) -> int:
 
 class Staged:
     """A model written beside its target but not yet in place: `commit()` moves it there
-    (os.replace, so readers see the old file or the new one, never half of one); leaving the
-    `with` block without committing deletes it. `path` is a complete model file meanwhile
+    (os.replace, so readers see the old file or the new one, never half of one); `discard()`,
+    garbage collection or exit deletes it otherwise. `path` is a complete model file meanwhile
     (verification runs on it, so the file that lands is the file that was checked)."""
 
     def __init__(self, staging: pathlib.Path, targets: list[pathlib.Path]):
         self.targets = targets
         self.path = staging / targets[0].name
-        self.also_remove: list[pathlib.Path] = []  # directories discard() deletes too
         self._staging = staging
-        # Deleted on discard(), when garbage-collected, or at exit, whichever comes first.
-        self._cleanup = weakref.finalize(self, _remove_trees, [staging], self.also_remove)
+        self._cleanup = weakref.finalize(self, shutil.rmtree, staging, True)
 
     def commit(self) -> list[pathlib.Path]:
         written = []
@@ -216,20 +214,41 @@ class Staged:
             self.discard()
         return written[::-1]
 
+    def move_to(self, path: str | os.PathLike, protect: set[pathlib.Path] = frozenset()) -> list[pathlib.Path]:
+        """Commit a single-file model to another path than the one staged for; across file
+        systems it is copied beside `path` first, so the final step is still a rename."""
+        if len(self.targets) != 1:
+            raise ValueError("a model with external data names its data file inside: save it again instead")
+        target = pathlib.Path(path).resolve()
+        _refuse_protected([target], protect)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.replace(self.path, target)
+            except OSError:
+                fd, copy = tempfile.mkstemp(prefix=".graphopt-", dir=target.parent)
+                os.close(fd)
+                try:
+                    shutil.copyfile(self.path, copy)
+                    os.replace(copy, target)
+                except BaseException:
+                    pathlib.Path(copy).unlink(missing_ok=True)
+                    raise
+        except OSError as e:
+            raise InputError(f"{target}: cannot write output ({_first_line(e)})") from e
+        finally:
+            self.discard()
+        return [target]
+
     def discard(self) -> None:
         self._cleanup()
 
-    def __enter__(self) -> Staged:
-        return self
 
-    def __exit__(self, *exc) -> None:
-        self.discard()
-
-
-def _remove_trees(*lists: list[pathlib.Path]) -> None:
-    for directories in lists:
-        for directory in directories:
-            shutil.rmtree(directory, ignore_errors=True)
+def _refuse_protected(targets: list[pathlib.Path], protect: set[pathlib.Path]) -> None:
+    protected = {p.resolve() for p in protect}
+    for t in targets:
+        if t in protected:
+            raise UsageError(f"{t}: refusing to overwrite the input; choose another output path")
 
 
 def stage(model: ir.Model, path: str | os.PathLike, *, external_data: bool | None = None,
@@ -241,9 +260,7 @@ def stage(model: ir.Model, path: str | os.PathLike, *, external_data: bool | Non
                          or bool(model.meta.get(_LOADED_WITH_EXTERNAL_DATA)))
     data_name = target.name + ".data"
     targets = [target] + ([target.parent / data_name] if external_data else [])
-    for t in targets:
-        if t in {p.resolve() for p in protect}:
-            raise UsageError(f"{t}: refusing to overwrite the input; choose another output path")
+    _refuse_protected(targets, protect)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         staged = Staged(pathlib.Path(tempfile.mkdtemp(prefix=".graphopt-", dir=target.parent)), targets)
@@ -258,11 +275,10 @@ def stage(model: ir.Model, path: str | os.PathLike, *, external_data: bool | Non
                 _spill(model, staged.path)
         else:
             protowrite.write_inline(model, staged.path)
-    except OSError as e:
+    except BaseException as e:
         staged.discard()
-        raise InputError(f"{target}: cannot write output ({_first_line(e)})") from e
-    except BaseException:
-        staged.discard()
+        if isinstance(e, OSError):
+            raise InputError(f"{target}: cannot write output ({_first_line(e)})") from e
         raise
     finally:
         release_mapped(model)

@@ -68,22 +68,19 @@ def _dedupe_graph(graph: ir.Graph, counters: collections.Counter) -> None:
     for group in by_meta.values():
         if len(group) < 2:
             continue
-        by_sample: dict[bytes, list[ir.Value]] = collections.defaultdict(list)
-        for init in group:
-            data = _data(init)
-            if data is not None:
-                by_sample[_sample(data)].append(init)
-        for candidates in by_sample.values():
-            if len(candidates) < 2:
-                continue
-            by_hash: dict[bytes, list[ir.Value]] = collections.defaultdict(list)
-            for init in candidates:
-                data = _data(init)
-                if data is not None:
-                    by_hash[hashlib.sha256(data).digest()].append(init)
-            for same in by_hash.values():
-                if len(same) > 1:
-                    _merge(graph, same, counters)
+        for candidates in _split(group, _sample):
+            for same in _split(candidates, lambda data: hashlib.sha256(data).digest()):
+                _merge(graph, same, counters)
+
+
+def _split(values: list[ir.Value], key) -> list[list[ir.Value]]:
+    """`values` grouped by `key(data)`; only groups of two or more (unreadable data: left out)."""
+    groups: dict[bytes, list[ir.Value]] = collections.defaultdict(list)
+    for value in values:
+        data = _data(value)
+        if data is not None:
+            groups[key(data)].append(value)
+    return [g for g in groups.values() if len(g) > 1]
 
 
 def _sample(data, points: int = 64, width: int = 8) -> bytes:

@@ -35,7 +35,7 @@ import logging
 
 import onnx_ir as ir
 
-from graphopt.patterns import opset_version
+from graphopt.patterns import graphs_of, opset_version
 from graphopt.pipeline import CountedPassResult
 
 logger = logging.getLogger(__name__)
@@ -59,10 +59,7 @@ def _can_match(name: str, nodes: list[ir.Node]) -> bool:
 
 
 def _nodes(model: ir.Model) -> list[ir.Node]:
-    nodes = list(model.graph.all_nodes())
-    for function in model.functions.values():
-        nodes.extend(function.all_nodes())
-    return nodes
+    return [node for graph in graphs_of(model) for node in graph]
 
 
 class RecomposeOpsPass(ir.passes.InPlacePass):
@@ -73,7 +70,8 @@ class RecomposeOpsPass(ir.passes.InPlacePass):
         counters: dict[str, int] = {}
         if opset < 7:
             return CountedPassResult(model, False, counters)
-        if not any(_can_match(name, _nodes(model)) for name in TRIGGERS):
+        nodes = _nodes(model)
+        if not any(_can_match(name, nodes) for name in TRIGGERS):
             return CountedPassResult(model, False, counters)
         from passes.recompose_rules import rulesets  # onnxscript: only when a rule may match
 

@@ -272,7 +272,7 @@ def test_ir_model_with_external_data_from_another_directory(tmp_path, monkeypatc
 
 def test_save_moves_the_verified_file_and_cleans_up(conv_bn_file, tmp_path, monkeypatch):
     result = graphopt.optimize(conv_bn_file)
-    staging = result._staged.path.parent.parent
+    staging = result._staged.path.parent
     assert staging.is_dir()
     # The staged file, not a second serialization: saving must not write the model again.
     monkeypatch.setattr(io.protowrite, "write_inline", lambda *a, **k: pytest.fail("serialized twice"))
