@@ -24,6 +24,14 @@ Cases:
    model is left exactly as it was, and the result says modified=False. The pipeline never
    fails because of shape inference.
 
+4. Symbolic dims onnx invents for dims it cannot name (`unk__N`) are not kept: a dim keeps
+   a name only if the model already used that name (its inputs' `batch`, an exporter's
+   annotations), otherwise it is written as unknown. The invented names assert equalities
+   the original never declared, and ORT acts on them: on a BERT encoder with dynamic dims
+   they made ORT 1.32 fuse Add + LayerNormalization into SkipLayerNormalization, whose CPU
+   kernel is 2-3x slower than what it replaces (torch_ts BERT 1.01x -> 0.99x the original,
+   MXNet BERT 0.93x -> 0.88x, tools/bench_exports.py).
+
 The pass never rewrites nodes, values, names or weights; `passes/__init__.py` registers it
 with `rewrites=False` so its annotations do not keep the fixed-point loop going.
 """
@@ -50,7 +58,7 @@ class InferShapesPass(ir.passes.InPlacePass):
         before = _annotations(model)
         try:
             inferred = _c_api_utils.call_onnx_api(_infer, model)
-            _merge(model, ir.serde.deserialize_model(inferred))
+            _merge(model, ir.serde.deserialize_model(inferred), _dim_names(model))
         except Exception as e:  # noqa: BLE001 - inference is an annotation: never fail the pipeline
             logger.warning("shape inference failed, model left unchanged: %s", e)
             _restore(model, before)
@@ -69,7 +77,7 @@ def _infer(proto: onnx.ModelProto) -> onnx.ModelProto:
     return onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=False, data_prop=False)
 
 
-def _merge(model: ir.Model, inferred: ir.Model) -> None:
+def _merge(model: ir.Model, inferred: ir.Model, known_dims: set[str]) -> None:
     """Copy inferred types (whole: tensor, sequence, optional) and shapes onto the model's values."""
     for graph, inferred_graph in zip(model.graphs(), inferred.graphs()):
         inferred_values = ir.convenience.create_value_mapping(inferred_graph)
@@ -79,8 +87,22 @@ def _merge(model: ir.Model, inferred: ir.Model) -> None:
                 continue
             if new.type is not None and new.type != value.type:
                 value.type = new.type
-            if new.shape is not None and new.shape != value.shape:
-                value.shape = new.shape
+            shape = _without_invented_dims(new.shape, known_dims)
+            if shape is not None and shape != value.shape:
+                value.shape = shape
+
+
+def _dim_names(model: ir.Model) -> set[str]:
+    """The symbolic dim names the model itself uses (case 4)."""
+    return {d.value for v in _values(model) if v.shape is not None
+            for d in v.shape if isinstance(d, ir.SymbolicDim) and d.value is not None}
+
+
+def _without_invented_dims(shape: ir.Shape | None, known_dims: set[str]) -> ir.Shape | None:
+    if shape is None:
+        return None
+    dims = [None if isinstance(d, ir.SymbolicDim) and d.value not in known_dims else d for d in shape]
+    return ir.Shape(dims)
 
 
 def _values(model: ir.Model):
