@@ -131,3 +131,36 @@ def test_zoo_export_optimizes_verifies_and_stays_dynamic(path: pathlib.Path):
     got = ort.InferenceSession(optimized.SerializeToString(), options, providers=["CPUExecutionProvider"]).run(None, small)
     for w, g in zip(want, got):
         np.testing.assert_allclose(g, w, rtol=1e-3, atol=1e-4 * max(1.0, float(np.abs(w).max())))
+
+
+def _bench_exports():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_exports", REPO / "tools" / "bench_exports.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_verdict_does_not_count_training_dropouts(tmp_path):
+    bench = _bench_exports()
+    model = parse("""
+        <ir_version: 8, opset_import: ["" : 15]>
+        g (float[2,4] x) => (float[2,4] y) {
+            r = Constant <value = float {0.2}> ()
+            t = Constant <value = bool {1}> ()
+            d = Dropout(x, r, t)
+            y = Relu(d)
+        }""")
+    path = tmp_path / "m.onnx"
+    onnx.save(to_proto(model), path)
+    facts = bench.model_facts(path)
+    assert facts["train_dropouts"] == 1
+    timing = {"latency_ratio": 1.0, "latency_ci": 0.01}
+    common = {"agrees": True, "dynamic": True, "custom_domains": [], **timing}
+    variants = {"original": {"nodes": 4, **common}, "copy": {"nodes": 4, **common},
+                "graphopt": {"nodes": 2, "train_dropouts": 1, "verified": "passed", **common},
+                "dropper": {"nodes": 1, "train_dropouts": 0, **common}}
+    assert bench.verdict(variants)["ok"]
+    variants["dropper"]["nodes"] = 0  # fewer nodes for another reason: graphopt misses the target
+    assert not bench.verdict(variants)["ok"]
