@@ -17,6 +17,10 @@ all variants of a model run interleaved in one process (graphopt.bench: rounds r
 order, thread-pool spinning off), median ms and the median of per-round ratios to float.
 `kernels` lists what ORT runs after its own QDQ fusion: float Conv/Gemm/MatMul left over
 mean a QDQ pair ORT could not fuse. `--schemes` adds graphopt int8 under every scheme.
+`--profile` adds ORT's own kernel times (its profiler) per layer kind for float and graphopt
+int8: stem conv, 1x1 conv, depthwise conv, other conv, then other op types. The int8/float
+ratio of each kind is what ORT's kernels give on this CPU; the sum of the per-kind minimums
+bounds what any float/int8 mix of the same kernels could reach.
 
 The CNNs are build/zoo/torch_ts/{resnet50,mobilenetv2}.onnx when the export zoo has them,
 else ResNet-50-like and MobileNetV2-like models built here with onnx.helper (random weights).
@@ -176,6 +180,49 @@ def kernels(path: pathlib.Path, threads: int) -> collections.Counter:
         return collections.Counter(n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node)
 
 
+def _conv_kind(weight_shape, group: int) -> str:
+    """stem: 3 input channels; dw: one input channel per group; 1x1; conv: anything else."""
+    if group > 1 and weight_shape[1] == 1:
+        return "depthwise conv"
+    if weight_shape[1] == 3:
+        return "stem conv"
+    return "1x1 conv" if list(weight_shape[2:]) == [1, 1] else "other conv"
+
+
+def layer_profile(path: pathlib.Path, float_path: pathlib.Path, feeds: dict, threads: int, runs: int) -> dict:
+    """ms per run of ORT's kernels, by layer kind (Conv kinds from the float model's weights)."""
+    float_model = onnx.load(str(float_path))
+    inits = {t.name: list(t.dims) for t in float_model.graph.initializer}
+    kind_by_node = {}
+    for node in float_model.graph.node:
+        if node.op_type == "Conv" and node.input[1] in inits:
+            group = next((a.i for a in node.attribute if a.name == "group"), 1)
+            kind_by_node[node.name] = _conv_kind(inits[node.input[1]], group)
+    with tempfile.TemporaryDirectory() as tmp:
+        options = session_options(threads)
+        options.enable_profiling = True
+        options.profile_file_prefix = str(pathlib.Path(tmp) / "profile")
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        for _ in range(runs):
+            session.run(None, feeds)
+        events = json.loads(pathlib.Path(session.end_profiling()).read_text())
+    per_kind: collections.Counter = collections.Counter()
+    for event in events:
+        if event.get("cat") != "Node" or not event["name"].endswith("_kernel_time"):
+            continue
+        op = event["args"]["op_name"]
+        kind = op
+        if op == "QLinearConv":  # ORT keeps the float Conv's node name
+            kind = kind_by_node.get(event["name"].split("_token_")[0], "other conv")
+        elif op in ("Conv", "FusedConv"):  # NCHWc renames nodes: classify by the weight's shape
+            shapes = [next(iter(d.values())) for d in event["args"].get("input_type_shape", [])]
+            weight = shapes[1] if len(shapes) > 1 and len(shapes[1]) == 4 else None
+            depthwise = weight is not None and weight[1] == 1 and weight[0] > 1
+            kind = _conv_kind(weight, 2 if depthwise else 1) if weight else "other conv"
+        per_kind[kind] += event["dur"] / 1e3 / runs
+    return dict(per_kind)
+
+
 def accuracy(path: pathlib.Path, evaluator: Evaluator) -> dict:
     score = evaluator(graphopt.load(path))
     snr = min(f["snr_db"] for f in score.fidelity.values())
@@ -230,7 +277,11 @@ def run_model(name: str, source: pathlib.Path, args, work: pathlib.Path, notes: 
     feeds = {k: v[:1] for k, v in test.inputs.items()}
     for k, v in latency(variants, feeds, args.threads, runs).items():
         rows[k]["latency"] = v
-    return {"model": name, "source": str(source), "calibration": f"{calib.source}, {len(calib)} samples",
+    profile = None
+    if args.profile:
+        profile = {k: layer_profile(variants[k], fp32, feeds, args.threads, runs)
+                   for k in ("float (level 2)", "graphopt int8")}
+    return {"profile": profile, "model": name, "source": str(source), "calibration": f"{calib.source}, {len(calib)} samples",
             "evaluation": f"{test.source}, {len(test)} samples", "runs": runs, "rows": rows}
 
 
@@ -250,7 +301,26 @@ def markdown(results: list[dict], env: dict, args) -> str:
                          f"{row['latency']['ratio']:.3f}x | {left} | {row['qdq_left']} | "
                          f"{row['file_bytes'] / 1024:.0f} KB |")
         lines.append("")
+        if res.get("profile"):
+            lines += _profile_table(res["profile"])
     return "\n".join(lines)
+
+
+def _profile_table(profile: dict) -> list[str]:
+    f, q = profile["float (level 2)"], profile["graphopt int8"]
+    lines = ["ORT kernel time by layer kind (its profiler, ms per run):", "",
+             "| kind | float ms | int8 ms | int8/float |", "|---|---:|---:|---:|"]
+    for kind in sorted(set(f) | set(q), key=lambda k: -max(f.get(k, 0), q.get(k, 0))):
+        a, b = f.get(kind, 0.0), q.get(kind, 0.0)
+        ratio = f"{b / a:.2f}" if a and b else "-"
+        lines.append(f"| {kind} | {a:.3f} | {b:.3f} | {ratio} |".replace("| 0.000 |", "| - |"))
+    total_f, total_q = sum(f.values()), sum(q.values())
+    convs = [k for k in set(f) | set(q) if k.endswith("conv")]
+    best = sum(min(f.get(k, 0.0), q.get(k, 0.0)) or max(f.get(k, 0.0), q.get(k, 0.0)) for k in convs)
+    best += sum(v for k, v in q.items() if k not in convs)
+    lines += [f"| total | {total_f:.3f} | {total_q:.3f} | {total_q / total_f:.2f} |", "",
+              f"Each conv kind at its faster precision (int8 overheads kept): {best / total_f:.2f}x float.", ""]
+    return lines
 
 
 def main(argv=None) -> None:
@@ -261,6 +331,7 @@ def main(argv=None) -> None:
     parser.add_argument("--calib", type=int, default=32, help="calibration samples for the CNNs")
     parser.add_argument("--zoo", type=pathlib.Path, default=ROOT / "build" / "zoo" / "torch_ts")
     parser.add_argument("--schemes", action="store_true", help="also graphopt int8 under every scheme")
+    parser.add_argument("--profile", action="store_true", help="ORT kernel time per layer kind, float vs int8")
     parser.add_argument("--json", type=pathlib.Path)
     args = parser.parse_args(argv)
     notes: list[str] = []
