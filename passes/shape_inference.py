@@ -99,10 +99,10 @@ def _dim_names(model: ir.Model) -> set[str]:
 
 
 def _without_invented_dims(shape: ir.Shape | None, known_dims: set[str]) -> ir.Shape | None:
+    """The inferred shape with invented names unnamed (onnx keeps the names a value already had)."""
     if shape is None:
         return None
-    dims = [None if isinstance(d, ir.SymbolicDim) and d.value not in known_dims else d for d in shape]
-    return ir.Shape(dims)
+    return ir.Shape([None if isinstance(d, ir.SymbolicDim) and d.value not in known_dims else d for d in shape])
 
 
 def _values(model: ir.Model):

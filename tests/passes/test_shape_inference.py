@@ -213,3 +213,15 @@ def test_annotations_do_not_make_ort_fuse_skip_layer_norm(tmp_path):
     InferShapesPass()(model)
     assert "SkipLayerNormalization" not in _ort_ops(util.to_proto(model), tmp_path)
     util.assert_equivalent(util.parse(BERT_BLOCK), model)
+
+
+def test_a_dim_the_model_named_is_never_lost():
+    model = util.parse(HEADER + """
+        g (float[batch,4] x) => (float[batch,4] y) {
+            n = NonZero(x)
+            k = ReduceMax <keepdims = 0> (n)
+            s = Constant <value = int64[2] {-1, 4}> ()
+            y = Reshape(x, s)
+        }""")
+    InferShapesPass()(model)
+    assert [d.value if isinstance(d, ir.SymbolicDim) else d for d in model.graph.outputs[0].shape] == ["batch", 4]
