@@ -64,7 +64,7 @@ import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 
-from graphopt.errors import GraphoptError, InputError, UsageError
+from graphopt.errors import GraphoptError, InputError, UsageError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ def create_session(source: str | bytes, providers: list[str], options: ort.Sessi
         return ort.InferenceSession(source, options, providers=providers)
     except Exception as e:  # noqa: BLE001 - ORT raises several unrelated types for a model it rejects
         where = source if isinstance(source, str) else "<model>"
-        raise InputError(f"{where}: ONNX Runtime cannot create a session ({_line(e)})") from e
+        raise InputError(f"{where}: ONNX Runtime cannot create a session ({first_line(e)})") from e
 
 
 def time_interleaved(runners: Sequence[Callable[[], object]], runs: int, warmup: int = 2,
@@ -458,9 +458,9 @@ def _memory(path: str, providers: list[str], threads: int | None, ort_level: str
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, check=False)
     except (OSError, subprocess.TimeoutExpired) as e:
-        return {"peak_bytes": None, "error": _line(e)}
+        return {"peak_bytes": None, "error": first_line(e)}
     if proc.returncode != 0:
-        return {"peak_bytes": None, "error": _line(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip()
+        return {"peak_bytes": None, "error": first_line(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip()
                                                    else f"exit {proc.returncode}")}
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -575,7 +575,7 @@ def bench(
                 except Exception as e:  # noqa: BLE001 - ORT raises several types for inputs it rejects
                     shapes_given = {k: list(v.shape) for k, v in feeds[i].items()}
                     raise InputError(f"{name}: ONNX Runtime cannot run the model on inputs {shapes_given} "
-                                     f"({_line(e)})") from e
+                                     f"({first_line(e)})") from e
                 first_s[i].append(time.perf_counter() - start)
                 sessions[i] = session
                 report("session creation", rep * len(staged) + i + 1, total_init)
@@ -753,7 +753,3 @@ def to_markdown(result: BenchResult) -> str:
     lines += [f"- note: {w}" for w in result.warnings]
     return "\n".join(lines) + "\n"
 
-
-def _line(e) -> str:
-    text = str(e).strip().splitlines()
-    return text[0][:300] if text else type(e).__name__

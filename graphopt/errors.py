@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["GraphoptError", "InputError", "UsageError", "VerificationError", "BudgetError"]
+__all__ = ["BudgetError", "GraphoptError", "InputError", "UsageError", "VerificationError", "first_line"]
 
 
 class GraphoptError(Exception):
@@ -29,3 +29,9 @@ class BudgetError(GraphoptError):
     """No setting of a lossy pass meets the user's accuracy budget."""
 
     exit_code = 1
+
+
+def first_line(e: BaseException | str) -> str:
+    """The first non-blank line of an exception's message (third-party errors run long), or its type."""
+    lines = [ln for ln in str(e).splitlines() if ln.strip()]
+    return lines[0].strip()[:300] if lines else type(e).__name__

@@ -21,7 +21,7 @@ import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 
-from graphopt.errors import InputError, UsageError
+from graphopt.errors import InputError, UsageError, first_line
 
 RTOL = 1e-3
 ATOL = 1e-4
@@ -182,7 +182,7 @@ def reference(original, *, shapes: dict[str, list[int]] | None = None, data: dic
         except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidGraph,
                 ort.capi.onnxruntime_pybind11_state.NotImplemented,
                 ort.capi.onnxruntime_pybind11_state.InvalidArgument) as e:
-            return Reference(skipped=f"ONNX Runtime cannot run the original model: {_line(e)}")
+            return Reference(skipped=f"ONNX Runtime cannot run the original model: {first_line(e)}")
 
 
 def check(ref: Reference, optimized, *, rtol: float = RTOL, atol: float = ATOL, providers=None) -> VerifyResult:
@@ -198,7 +198,7 @@ def check(ref: Reference, optimized, *, rtol: float = RTOL, atol: float = ATOL, 
                 got = dict(zip(wanted, session.run(wanted, ref.feeds)))
                 del session
         except Exception as e:  # noqa: BLE001 - any ORT failure on our output is a failed verification
-            return VerifyResult("failed", reason=f"ONNX Runtime cannot run the optimized model: {_line(e)}",
+            return VerifyResult("failed", reason=f"ONNX Runtime cannot run the optimized model: {first_line(e)}",
                                 input_shapes=input_shapes)
     checks = [_compare(name, ref.outputs[name], got[name], rtol, atol) for name in wanted]
     if ref.nondeterministic:
@@ -259,7 +259,3 @@ def _compare(name: str, ref: np.ndarray, got: np.ndarray, rtol: float, atol: flo
     ok = bool(np.all(diff <= tol))
     return OutputCheck(name, ok, max_abs, max_rel)
 
-
-def _line(e: BaseException) -> str:
-    lines = [ln for ln in str(e).splitlines() if ln.strip()]
-    return lines[0][:300] if lines else type(e).__name__

@@ -19,7 +19,8 @@ import math
 import numpy as np
 import onnx_ir as ir
 
-from graphopt.calibrate import Dataset, collect_channel_means, collect_ranges
+from graphopt.calibrate import Dataset
+from graphopt.ranges import collect_channel_means, collect_ranges
 from graphopt.errors import UsageError
 from graphopt.patterns import constant_array
 from passes.quantize_dynamic import QuantizeDynamicPass, dynamic_candidates

@@ -29,7 +29,8 @@ import onnx_ir as ir
 from onnx_ir.passes.common import NameFixPass, ShapeInferencePass
 
 from graphopt.accuracy import Evaluator, fit_budget
-from graphopt.calibrate import RANGE_METHODS, Dataset, load_data
+from graphopt.calibrate import Dataset, load_data
+from graphopt.ranges import RANGE_METHODS
 from graphopt.errors import UsageError
 from graphopt.patterns import opset_version
 

@@ -9,7 +9,9 @@ import onnx_ir as ir
 import pytest
 from onnx import TensorProto
 
-from graphopt.calibrate import Dataset, InputSpec, Preprocess, collect_ranges, input_specs, load_data
+from graphopt.calibrate import Dataset, InputSpec, input_specs, load_data
+from graphopt.images import Preprocess
+from graphopt.ranges import collect_ranges
 from graphopt.errors import InputError, UsageError
 
 SPECS = [InputSpec("input", np.dtype(np.float32), (None, 1, 8, 8))]
