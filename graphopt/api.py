@@ -289,7 +289,8 @@ def optimize(
 def _bench_section(original, optimized: ir.Model, provider: str, threads: int | None, shapes, data,
                    runs: int) -> dict:
     """Original vs optimized, interleaved in one process: ratios (optimized / original) and figures."""
-    from graphopt.bench import bench, describe_cpu
+    from graphopt.bench import bench
+    from graphopt.machine import describe_cpu
 
     result = bench([original, optimized], provider=provider, threads=threads, shapes=shapes, inputs=data,
                     runs=runs, warmup=3, init_repeats=2, names=["original", "optimized"])

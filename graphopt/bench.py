@@ -39,9 +39,6 @@ __all__ = [
     "resolve_provider",
     "session_options",
     "time_interleaved",
-    "cpu_info",
-    "render",
-    "to_markdown",
 ]
 
 import collections
@@ -51,7 +48,6 @@ import json
 import logging
 import os
 import pathlib
-import platform
 import statistics
 import subprocess
 import sys
@@ -65,6 +61,7 @@ import onnx_ir as ir
 import onnxruntime as ort
 
 from graphopt.errors import GraphoptError, InputError, UsageError, first_line
+from graphopt.machine import environment
 
 logger = logging.getLogger(__name__)
 
@@ -237,48 +234,6 @@ class BenchResult:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, default=str)
-
-
-# ----------------------------------------------------------------------------- environment
-
-
-def cpu_info() -> dict:
-    """CPU model, logical cores usable by this process, and the SIMD features ORT's kernels use."""
-    model, flags = platform.processor() or platform.machine(), set()
-    with contextlib.suppress(OSError):
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            key = key.strip()
-            if key == "model name" and model in ("", platform.machine(), platform.processor()):
-                model = value.strip()
-            elif key == "flags" and not flags:
-                flags = set(value.split())
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 1
-    features = {
-        "avx2": "avx2" in flags,
-        "avx512f": "avx512f" in flags,
-        "avx512_vnni": "avx512_vnni" in flags,
-        "avx_vnni": "avx_vnni" in flags,
-        "amx_int8": "amx_int8" in flags,
-    } if flags else {}
-    return {"cpu": model, "cores": cores, "features": features}
-
-
-def environment() -> dict:
-    return {**cpu_info(), "onnxruntime": ort.__version__, "python": platform.python_version(),
-            "platform": platform.platform(terse=True)}
-
-
-def describe_cpu(env: dict) -> str:
-    feats = env.get("features") or {}
-    if not feats:
-        return f"CPU: {env['cpu']} ({env['cores']} cores; SIMD flags unknown: no /proc/cpuinfo)"
-    yes = lambda k: "yes" if feats.get(k) else "no"  # noqa: E731
-    return (f"CPU: {env['cpu']} ({env['cores']} cores) AVX2 {yes('avx2')}, AVX512F {yes('avx512f')}, "
-            f"AVX512-VNNI {yes('avx512_vnni')}, AVX-VNNI {yes('avx_vnni')}")
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -657,99 +612,3 @@ def _add_ratios(results: list[ModelBench], times: list[list[float]]) -> None:
             "peak_memory": _ratio(m.memory.get("peak_bytes"), base.memory.get("peak_bytes")),
             "file_size": _ratio(m.file_bytes, base.file_bytes),
         }
-
-
-# ----------------------------------------------------------------------------- rendering
-
-
-def _fmt_bytes(n) -> str:
-    from graphopt.report import human_bytes
-
-    return human_bytes(int(n)) if n is not None else "-"
-
-
-def _num(x: float) -> str:
-    return f"{x:.3g}" if abs(x) < 0.1 else f"{x:.2f}"
-
-
-def _fmt_ratio(x) -> str:
-    return "-" if x is None else f"{_num(x)}x"
-
-
-def render(result: BenchResult, console=None) -> None:
-    """Rich tables: latency, start-up and memory, ratios to the first model, then placement."""
-    from rich.console import Console
-    from rich.table import Table
-
-    console = console or Console()
-    console.print(describe_cpu(result.environment))
-    console.print(f"onnxruntime {result.environment['onnxruntime']}, {', '.join(result.providers)}, "
-                  f"threads {result.threads or 'ORT default'} (spinning {'on' if result.spin else 'off'}), "
-                  f"ORT optimization {result.ort_level}, "
-                  f"{result.runs} interleaved runs after {result.warmup} warm-up, inputs {result.inputs}",
-                  highlight=False)
-
-    def table(title: str, columns: Sequence[str]) -> Table:
-        t = Table(title=title, title_justify="left")
-        for col in columns:
-            t.add_column(col, justify="left" if col == "model" else "right")
-        return t
-
-    latency = table("latency (ms)", ("model", "p50", "p90", "p99", "mean", "min", "items/s"))
-    startup = table("start-up and memory", ("model", "file", "nodes", "create ms", "first run ms",
-                                            "peak RSS", "ORT arena"))
-    for m in result.models:
-        lat = m.latency_ms
-        latency.add_row(m.name, *(f"{lat[k]:.3f}" for k in ("p50", "p90", "p99", "mean", "min")),
-                        f"{m.throughput:.1f}")
-        startup.add_row(m.name, _fmt_bytes(m.file_bytes), str(m.nodes), f"{m.session_create_ms:.1f}",
-                        f"{m.first_run_ms:.2f}", _fmt_bytes(m.memory.get("peak_bytes")),
-                        _fmt_bytes(m.memory.get("ort_arena_peak_bytes")))
-    console.print(latency)
-    console.print(startup)
-    if len(result.models) > 1:
-        ratios = table(f"ratios to {result.models[0].name} (< 1: faster, smaller; 95% CI: of the median "
-                       "per-round latency ratio)",
-                       ("model", "p50", "95% CI", "create", "first run", "peak RSS", "file"))
-        ratios.columns[2].no_wrap = True
-        for m in result.models:
-            r = m.ratios
-            lo, hi = r["paired_ci95"]
-            ratios.add_row(m.name, _fmt_ratio(r["latency_p50"]), f"{_num(lo)}-{_num(hi)}",
-                           _fmt_ratio(r["session_create"]), _fmt_ratio(r["first_run"]),
-                           _fmt_ratio(r["peak_memory"]), _fmt_ratio(r["file_size"]))
-        console.print(ratios)
-    for m in result.models:
-        if m.placement:
-            parts = [f"{p} {sum(ops.values())} nodes" for p, ops in m.placement.items()]
-            console.print(f"placement {m.name}: registered {', '.join(m.providers)}; ran {'; '.join(parts)}",
-                          highlight=False)
-    console.print(f"[dim]memory: {result.memory_method}[/dim]")
-    for w in result.warnings:
-        console.print(f"[yellow]note:[/yellow] {w}", highlight=False)
-
-
-def to_markdown(result: BenchResult) -> str:
-    env = result.environment
-    lines = [describe_cpu(env), "",
-             f"onnxruntime {env['onnxruntime']}, providers {', '.join(result.providers)}, threads "
-             f"{result.threads or 'ORT default'}, {result.runs} interleaved runs, inputs `{result.inputs}`", "",
-             "| model | file | nodes | create ms | first ms | p50 ms | p90 ms | p99 ms | items/s | peak RSS "
-             "| p50 ratio | paired ratio (95% CI) | memory ratio |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for m in result.models:
-        lat, r = m.latency_ms, m.ratios
-        lines.append(f"| {m.name} | {_fmt_bytes(m.file_bytes)} | {m.nodes} | {m.session_create_ms:.1f} | "
-                     f"{m.first_run_ms:.2f} | {lat['p50']:.3f} | {lat['p90']:.3f} | {lat['p99']:.3f} | "
-                     f"{m.throughput:.1f} | {_fmt_bytes(m.memory.get('peak_bytes'))} | "
-                     f"{_fmt_ratio(r.get('latency_p50'))} | {_num(r['paired_median'])} ({_num(r['paired_ci95'][0])}-"
-                     f"{_num(r['paired_ci95'][1])}) | "
-                     f"{_fmt_ratio(r.get('peak_memory'))} |")
-    lines += ["", f"memory: {result.memory_method}"]
-    for m in result.models:
-        if m.placement:
-            lines.append(f"- {m.name}: " + "; ".join(f"{p} ran {sum(ops.values())} nodes"
-                                                      for p, ops in m.placement.items()))
-    lines += [f"- note: {w}" for w in result.warnings]
-    return "\n".join(lines) + "\n"
-

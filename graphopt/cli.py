@@ -243,7 +243,8 @@ def bench_command(
     report_file: Optional[pathlib.Path] = typer.Option(None, "--report", help="Also write FILE.html, .md or .json."),
 ) -> None:
     """Latency, throughput, session start-up and memory of MODELs in ONNX Runtime, run interleaved."""
-    from graphopt.bench import bench, render
+    from graphopt.bench import bench
+    from graphopt.bench_render import render
     from graphopt.compare import write_bench_report
 
     with _progress("bench", enabled=not json_out) as progress:

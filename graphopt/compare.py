@@ -453,7 +453,7 @@ def render(result: CompareResult, console=None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from graphopt.bench import describe_cpu
+    from graphopt.machine import describe_cpu
 
     console = console or Console()
     console.print(describe_cpu(result.bench["environment"]))
@@ -543,7 +543,7 @@ def to_markdown(result: CompareResult, images: dict[str, str] | None = None) -> 
     """Markdown tables; `images` maps plot names to file names written beside the report."""
     names = [m.name for m in result.exported]
     lines = [f"# graphopt compare: {', '.join(names)}", ""]
-    from graphopt.bench import describe_cpu
+    from graphopt.machine import describe_cpu
 
     lines += [describe_cpu(result.bench["environment"]), ""]
     for title, rows in _rows(result).items():
@@ -566,7 +566,7 @@ text-align:left}th{background:#f3f3f3}.note{color:#8a6d00}img{max-width:100%}"""
 
 def to_html(result: CompareResult, pngs: dict[str, bytes] | None) -> str:
     """One self-contained page: tables and plots (base64 PNG), viewable offline."""
-    from graphopt.bench import describe_cpu
+    from graphopt.machine import describe_cpu
 
     names = [m.name for m in result.exported]
     esc = html.escape
@@ -647,7 +647,7 @@ def _bench_plot(result) -> bytes | None:
 
 def write_bench_report(result, path: str | os.PathLike) -> list[pathlib.Path]:
     """A `graphopt bench` result as .html (plot embedded), .md (+ PNG beside it) or .json."""
-    from graphopt.bench import to_markdown as bench_markdown
+    from graphopt.bench_render import to_markdown as bench_markdown
 
     path = pathlib.Path(path)
     suffix = path.suffix.lower()

@@ -12,6 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import graphopt
 from graphopt import bench as gb
+from graphopt import bench_render, machine
 from graphopt.cli import main
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -65,7 +66,7 @@ def test_render_prints_cpu_and_ratios(result):
     from rich.console import Console
 
     console = Console(record=True, width=160)
-    gb.render(result, console)
+    bench_render.render(result, console)
     text = console.export_text()
     assert "CPU:" in text and "AVX512-VNNI" in text and "AVX-VNNI" in text
     assert "ratios to small" in text and "placement small" in text and "spinning off" in text
@@ -163,11 +164,11 @@ def test_fallback_is_reported():
 
 
 def test_cpu_info_reads_the_vnni_flags(monkeypatch, tmp_path):
-    info = gb.cpu_info()
+    info = machine.cpu_info()
     assert info["cpu"] and info["cores"] >= 1
     if info["features"]:
         assert set(info["features"]) >= {"avx2", "avx512_vnni", "avx_vnni"}
-    text = gb.describe_cpu({"cpu": "X", "cores": 2, "features": {"avx2": True, "avx_vnni": True}})
+    text = machine.describe_cpu({"cpu": "X", "cores": 2, "features": {"avx2": True, "avx_vnni": True}})
     assert "AVX2 yes" in text and "AVX-VNNI yes" in text and "AVX512-VNNI no" in text
 
 

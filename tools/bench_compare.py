@@ -22,7 +22,7 @@ import tempfile
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from graphopt.bench import describe_cpu  # noqa: E402
+from graphopt.machine import describe_cpu  # noqa: E402
 from graphopt.compare import compare, write_report  # noqa: E402
 
 FIRST = ["torch_ts", "torch_dynamo", "keras", "mxnet", "paddle"]

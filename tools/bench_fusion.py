@@ -31,7 +31,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import graphopt  # noqa: E402
-from graphopt.bench import bench, describe_cpu, environment  # noqa: E402
+from graphopt.bench import bench  # noqa: E402
+from graphopt.machine import describe_cpu, environment  # noqa: E402
 from passes.fuse_parallel import find_candidates  # noqa: E402
 from passes.fuse_parallel_decide import CostModelDecider  # noqa: E402
 

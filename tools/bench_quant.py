@@ -47,7 +47,8 @@ sys.path.insert(0, str(ROOT))
 
 import graphopt  # noqa: E402
 from graphopt.accuracy import Evaluator  # noqa: E402
-from graphopt.bench import describe_cpu, environment, paired_ratio, session_options, time_interleaved  # noqa: E402
+from graphopt.bench import paired_ratio, session_options, time_interleaved  # noqa: E402
+from graphopt.machine import describe_cpu, environment  # noqa: E402
 from graphopt.calibrate import Dataset  # noqa: E402
 from passes.quantize_stage import LossyOptions, run_lossy  # noqa: E402
 
