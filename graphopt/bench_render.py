@@ -1,13 +1,20 @@
-"""A `BenchResult` as rich tables in the terminal, or as Markdown; nothing is computed here."""
+"""A `BenchResult` as rich tables in the terminal, Markdown, HTML or JSON; nothing is measured here."""
 
 from __future__ import annotations
 
-__all__ = ["render", "to_markdown"]
+__all__ = ["render", "to_markdown", "write_bench_report"]
 
+import base64
+import html
+import json
+import os
+import pathlib
 from collections.abc import Sequence
 
 from graphopt.bench import BenchResult
+from graphopt.errors import UsageError
 from graphopt.machine import describe_cpu
+from graphopt.plots import CSS, PLOTS_MISSING, plots_available, png
 
 
 def _fmt_bytes(n) -> str:
@@ -100,3 +107,68 @@ def to_markdown(result: BenchResult) -> str:
                                                       for p, ops in m.placement.items()))
     lines += [f"- note: {w}" for w in result.warnings]
     return "\n".join(lines) + "\n"
+
+
+def _bench_plot(result) -> bytes | None:
+    if not plots_available():
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [m.name for m in result.models]
+    fig, ax = plt.subplots(figsize=(7, 0.8 + 0.45 * len(names)))
+    samples = [m.samples_ms for m in result.models]
+    try:
+        ax.boxplot(samples, orientation="horizontal", showfliers=False)  # matplotlib >= 3.10
+    except TypeError:
+        ax.boxplot(samples, vert=False, showfliers=False)
+    ax.set_yticks(range(1, len(names) + 1), names)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"latency per run, ms ({result.runs} interleaved runs; box: 25th-75th percentile)")
+    fig.tight_layout()
+    return png(fig, plt)
+
+
+def write_bench_report(result, path: str | os.PathLike) -> list[pathlib.Path]:
+    """A `graphopt bench` result as .html (plot embedded), .md (+ PNG beside it) or .json."""
+    path = pathlib.Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".html", ".htm", ".md", ".json"):
+        raise UsageError(f"--report {path}: use a .html, .md or .json file name")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if suffix == ".json":
+        path.write_text(json.dumps(result.to_dict(samples=True), indent=2, default=str))
+        return [path]
+    png = _bench_plot(result)
+    body = to_markdown(result)
+    if suffix == ".md":
+        written = [path]
+        if png is not None:
+            image = path.with_name(f"{path.stem}_latency.png")
+            image.write_bytes(png)
+            written.append(image)
+            body += f"\n![latency]({image.name})\n"
+        else:
+            body += f"\n_{PLOTS_MISSING}_\n"
+        path.write_text("# graphopt bench\n\n" + body)
+        return written
+    rows = [line for line in body.splitlines() if line.startswith("|")]
+    header, table = rows[:1], rows[2:]
+    cells = lambda line: [c.strip() for c in line.strip("|").split("|")]  # noqa: E731
+    esc = html.escape
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>graphopt bench</title><style>{CSS}</style>"
+             "</head><body><h1>graphopt bench</h1>"]
+    parts += [f"<p>{esc(line)}</p>" for line in body.splitlines() if line and not line.startswith(("|", "- "))]
+    parts.append("<table><tr>" + "".join(f"<th>{esc(c)}</th>" for c in cells(header[0])) + "</tr>")
+    parts += ["<tr>" + "".join(f"<td>{esc(c)}</td>" for c in cells(line)) + "</tr>" for line in table]
+    parts.append("</table><ul>" + "".join(f"<li>{esc(line[2:])}</li>" for line in body.splitlines()
+                                          if line.startswith("- ")) + "</ul>")
+    if png is None:
+        parts.append(f"<p class='note'>{esc(PLOTS_MISSING)}</p>")
+    else:
+        parts.append(f"<img alt='latency' src='data:image/png;base64,{base64.b64encode(png).decode()}'>")
+    parts.append("</body></html>")
+    path.write_text("\n".join(parts))
+    return [path]

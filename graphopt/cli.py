@@ -245,7 +245,7 @@ def bench_command(
     """Latency, throughput, session start-up and memory of MODELs in ONNX Runtime, run interleaved."""
     from graphopt.bench import bench
     from graphopt.bench_render import render
-    from graphopt.compare import write_bench_report
+    from graphopt.bench_render import write_bench_report
 
     with _progress("bench", enabled=not json_out) as progress:
         result = bench(models, provider=provider, threads=threads, batch=batch, shapes=_shapes(shape), inputs=inputs,
@@ -275,7 +275,9 @@ def compare_command(
     report_file: Optional[pathlib.Path] = typer.Option(None, "--report", help="Also write FILE.html, .md or .json."),
 ) -> None:
     """Compare exports of one network: ops, params, FLOPs, leftovers, outputs, latency; before and after optimize."""
-    from graphopt.compare import compare, plots_available, render, write_report
+    from graphopt.compare import compare
+    from graphopt.compare_render import render, write_report
+    from graphopt.plots import plots_available
 
     with _progress("compare", enabled=not json_out) as progress:
         result = compare(models, level=level, optimize=optimize, provider=provider, threads=threads,

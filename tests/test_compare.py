@@ -12,6 +12,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from graphopt import compare as cmp
+from graphopt import compare_render as render
+from graphopt import plots
 from graphopt.cli import main
 
 EPS = 1e-5
@@ -182,11 +184,11 @@ def test_signatures_that_differ_are_said_not_compared(tmp_path, exports):
 
 def test_reports_html_with_embedded_plots_and_markdown(result, tmp_path):
     pytest.importorskip("matplotlib")
-    page = cmp.write_report(result, tmp_path / "r.html")
+    page = render.write_report(result, tmp_path / "r.html")
     text = page[0].read_text()
     assert text.count("data:image/png;base64,") == 2
     assert "patterns left by the exporter" in text and "BatchNormalization after Conv" in text
-    files = cmp.write_report(result, tmp_path / "r.md")
+    files = render.write_report(result, tmp_path / "r.md")
     assert [f.name for f in files] == ["r.md", "r_latency.png", "r_ops.png"]
     assert "![latency](r_latency.png)" in files[0].read_text()
     assert files[1].read_bytes().startswith(b"\x89PNG")
@@ -196,10 +198,10 @@ def test_reports_without_matplotlib_say_so(result, tmp_path, monkeypatch):
     import sys
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
-    assert cmp.plots(result) is None and not cmp.plots_available()
-    text = cmp.write_report(result, tmp_path / "r.html")[0].read_text()
+    assert render.plots(result) is None and not plots.plots_available()
+    text = render.write_report(result, tmp_path / "r.html")[0].read_text()
     assert "matplotlib is not installed" in text and "data:image/png" not in text
-    files = cmp.write_report(result, tmp_path / "r.md")
+    files = render.write_report(result, tmp_path / "r.md")
     assert len(files) == 1 and "matplotlib is not installed" in files[0].read_text()
 
 
