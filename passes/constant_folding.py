@@ -110,7 +110,7 @@ class FoldConstantsPass(ir.passes.InPlacePass):
             return False
         tensors = {}
         for v in inputs:
-            tensor = _const_tensor(v)
+            tensor = patterns.const_tensor(v)
             if tensor is None:
                 return False
             tensors[v] = tensor
@@ -177,15 +177,6 @@ class FoldConstantsPass(ir.passes.InPlacePass):
         logger.debug("folded %s (%s) into %s", node.name, node.op_type, [v.name for _, v in new_values])
         for value in inputs:
             patterns.drop_if_unused(value)
-
-
-def _const_tensor(value: ir.Value) -> ir.TensorProtocol | None:
-    if value.is_graph_input():
-        return None
-    try:
-        return ir.convenience.get_const_tensor(value)
-    except ValueError:  # e.g. a Constant holding a sparse_value: not ours to fold
-        return None
 
 
 def _nbytes(tensor: ir.TensorProtocol) -> int:

@@ -5,7 +5,7 @@ channel axis, m * y = (W m) x + b m and y + a = W x + (b + a). Some exporters wr
 unfused BatchNormalization as Conv -> Mul -> Add (Caffe2's affine, Keras' scale layers); this
 pass turns Conv-Mul-Add-Relu into Conv-Relu. Div(y, d) is folded as Mul by 1/d and
 Sub(y, a) as Add of -a. The weight/bias arithmetic is
-`graphopt.patterns.fold_output_channel_affine` (shared with fold_batchnorm): new weights and
+`graphopt.channel_fold.fold_output_channel_affine` (shared with fold_batchnorm): new weights and
 biases are new initializers with fresh names, a weight shared with another layer stays
 exact, a weight that is a constant expression gets a Mul node ORT folds at session start.
 
@@ -42,7 +42,7 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
-from graphopt import patterns
+from graphopt import channel_fold, patterns
 from graphopt.pipeline import CountedPassResult
 
 logger = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ class FoldAffineIntoWeightsPass(ir.passes.InPlacePass):
         for i in ((0, 1) if node.op_type in ("Mul", "Add") else (0,)):
             y, c = node.inputs[i], node.inputs[1 - i]
             layer = y.producer() if y is not None else None
-            if (layer is None or layer.graph is not node.graph or layer.op_type not in patterns.CHANNEL_LAYERS
+            if (layer is None or layer.graph is not node.graph or layer.op_type not in channel_fold.CHANNEL_LAYERS
                     or not patterns.is_default_domain(layer) or patterns.single_consumer(y) is not node):
                 continue
             constant = patterns.constant_array(c)
@@ -105,7 +105,7 @@ class FoldAffineIntoWeightsPass(ir.passes.InPlacePass):
         shift = vector if op == "Add" else -vector if op == "Sub" else None
         if shift is not None and layer.op_type == "MatMul" and self._opset < 7:
             return False  # the Gemm it would become needs broadcast=1 there
-        result = patterns.fold_output_channel_affine(layer, scale, shift, self._taken, TAG)
+        result = channel_fold.fold_output_channel_affine(layer, scale, shift, self._taken, TAG)
         if result is None:
             logger.debug("%s: cannot fold into %s %s", node.name, layer.op_type, layer.name)
             return False

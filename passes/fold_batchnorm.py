@@ -8,7 +8,7 @@ Math: in inference, BN(y) = scale * (y - mean) / sqrt(var + eps) + B = s * y + t
   [C_in, C_out/g, k..] axis 1 within each group; Gemm the columns of op(B), with
   C' = beta*C*s + t and beta = 1; MatMul the columns of W), the bias becomes b s + t and is
   created when the layer had none (MatMul + bias becomes Gemm). The arithmetic is
-  `graphopt.patterns.fold_output_channel_affine`, shared with fold_affine.
+  `graphopt.channel_fold.fold_output_channel_affine`, shared with fold_affine.
 - BN, then Conv: Conv(BN(x))[m] = sum_{c,k} W[m,c,k] (s_c x_c + t_c) + b_m, so
   W'[m,c,k] = W[m,c,k] s_c and b'_m = b_m + sum_{c,k} W[m,c,k] t_c. Only exact when the Conv
   pads nothing (a padded zero would stand for BN(0) = t, not 0) and has group 1.
@@ -51,7 +51,7 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
-from graphopt import patterns
+from graphopt import channel_fold, patterns
 from graphopt.pipeline import CountedPassResult
 
 logger = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ class FoldBatchNormPass(ir.passes.InPlacePass):
             return False
         x, y = bn.inputs[0], bn.outputs[0]
         layer = x.producer()
-        if layer is not None and layer.graph is bn.graph and layer.op_type in patterns.CHANNEL_LAYERS \
+        if layer is not None and layer.graph is bn.graph and layer.op_type in channel_fold.CHANNEL_LAYERS \
                 and patterns.single_consumer(x) is bn and self._fold_after(bn, layer, params):
             return True
         consumer = patterns.single_consumer(y)
@@ -98,11 +98,11 @@ class FoldBatchNormPass(ir.passes.InPlacePass):
         if dtype is None or any(isinstance(p, ir.Value) and patterns.static_dtype(p) not in (None, dtype)
                                 for p in params):
             return False
-        alg = patterns.ConstantAlgebra(layer.graph, self._taken, dtype, TAG, defer=True)
+        alg = channel_fold.ConstantAlgebra(layer.graph, self._taken, dtype, TAG, defer=True)
         scale, bias, mean, var = params
         s = alg.div(scale, alg.sqrt(alg.add(var, np.float64(_epsilon(bn)))))
         t = alg.sub(bias, alg.mul(mean, s))
-        result = patterns.fold_output_channel_affine(layer, s, t, self._taken, TAG)
+        result = channel_fold.fold_output_channel_affine(layer, s, t, self._taken, TAG)
         if result is None:
             logger.debug("%s: cannot fold into %s %s", bn.name, layer.op_type, layer.name)
             return False
