@@ -1,7 +1,8 @@
 """graphopt against its peers on real exports: nodes, size, latency, session start, tool cost, agreement.
 
     /work/venv/bin/python tools/bench_exports.py [--zoo build/zoo] [--only torch_ts/bert,keras]
-        [--tools graphopt,onnxsim,onnxslim,onnxoptimizer,ort_extended] [--rounds 15] [--json out.json]
+        [--tools graphopt,onnxsim,onnxslim,onnxoptimizer,ort_extended] [--rounds 20] [--confirm 3]
+        [--json out.json] [--markdown out.md]
 
 For every `<zoo>/<framework>/<net>.onnx` (with `<net>.npz`: its inputs and the framework's
 outputs as `expected_<name>`), each tool writes an optimized copy (in its own subprocess:
@@ -17,7 +18,10 @@ wall time and peak RSS are the tool's own, imports included). Then, in this one 
   order); CPU time per run (see `time_latency` for why not wall time), as the median over
   rounds of the ratio to the original's time in the same round, with the half-width of its
   bootstrap 95% interval. `copy` is the original file copied: its distance from 1.00 (or its
-  interval) is the noise floor of this run (the JSON also has the wall-time 10th percentile);
+  interval) is the noise floor of this run (the JSON also has the wall-time 10th percentile).
+  An export that misses only a latency target is timed again `--confirm` times as long (all
+  variants, fresh sessions) and judged on that longer run; the table says so and the JSON
+  keeps the first figures (`first_timing`, `first_miss`);
 - session creation: smallest CPU time of several interleaved openings of each file, as a
   ratio to the original.
 
@@ -314,26 +318,44 @@ def bench_one(model: pathlib.Path, tools: list[str], workdir: pathlib.Path, args
             sessions[name], feeds[name] = s, _feeds(s, inputs_data)
         except Exception as e:  # noqa: BLE001 - a peer's broken output is a result, not a crash
             v["error"] = f"ORT: {str(e).splitlines()[0][:160]}"
-    if args.no_timing:
-        sessions.clear()
-        for v in variants.values():
-            v["path"] = str(v["path"])
-            v.pop("inputs", None)
-        return variants
-    lat = time_latency(sessions, feeds, args.rounds, args.per_round)
+    if not args.no_timing:
+        time_variants(variants, sessions, feeds, args.rounds, args)
     sessions.clear()
+    for v in variants.values():
+        v.pop("inputs", None)
+    return variants
+
+
+def time_variants(variants: dict, sessions: dict, feeds: dict, rounds: int, args) -> None:
+    """Latency and session-creation ratios to the original, written into `variants`."""
+    lat = time_latency(sessions, feeds, rounds, args.per_round)
     created = time_session_creation({n: variants[n]["path"] for n in lat}, args.session_rounds)
     for name in lat:
         ratio, half = paired_ratio(lat[name]["cpu_rounds"], lat["original"]["cpu_rounds"])
         variants[name]["latency_ratio"], variants[name]["latency_ci"] = ratio, half
+        variants[name]["latency_rounds"] = rounds
         variants[name]["latency_cpu_ms"] = lat[name]["cpu"] * 1e3
         variants[name]["wall_p10_ratio"] = lat[name]["wall_p10"] / lat["original"]["wall_p10"]
         variants[name]["session_ratio"] = created[name] / created["original"]
         variants[name]["session_cpu_ms"] = created[name] * 1e3
-    for v in variants.values():
-        v["path"] = str(v["path"])
-        v.pop("inputs", None)
-    return variants
+
+
+def confirm_latency(variants: dict, inputs_data: dict, args) -> dict:
+    """A verdict missed on latency alone is measured again, `--confirm` times as long, in a fresh
+    interleaved run; the longer measurement replaces the first (kept as `first_timing`), since on
+    a noisy machine it is the more accurate one. Structural misses are never re-measured."""
+    first = {name: {k: v[k] for k in ("latency_ratio", "latency_ci", "latency_rounds") if k in v}
+             for name, v in variants.items()}
+    sessions, feeds = {}, {}
+    for name, v in variants.items():
+        if "latency_ratio" in v:
+            sessions[name] = _session(v["path"])
+            feeds[name] = _feeds(sessions[name], inputs_data)
+    time_variants(variants, sessions, feeds, args.rounds * args.confirm, args)
+    for name, v in variants.items():
+        if name in first and first[name]:
+            v["first_timing"] = first[name]
+    return verdict(variants)
 
 
 # ---------------------------------------------------------------- report
@@ -370,14 +392,14 @@ def verdict(variants: dict) -> dict:
     peers = {t: v for t, v in variants.items() if t not in ("original", "copy", "graphopt") and "nodes" in v
              and v.get("agrees") and ("latency_ratio" in v or "latency_ratio" not in g)}
     portable = {t: v for t, v in peers.items() if not v.get("custom_domains")}
-    why = []
+    why, latency_why = [], []
     timed = "latency_ratio" in g
     if peers and timed:
         best = min(peers, key=lambda t: peers[t]["latency_ratio"])
         margin = max(noise, g.get("latency_ci", 0.0) + peers[best].get("latency_ci", 0.0))
         if g["latency_ratio"] > peers[best]["latency_ratio"] + margin:
-            why.append(f"slower than {best} ({g['latency_ratio']:.2f} vs {peers[best]['latency_ratio']:.2f}, "
-                       f"margin {margin:.2f})")
+            latency_why.append(f"slower than {best} ({g['latency_ratio']:.2f} vs "
+                               f"{peers[best]['latency_ratio']:.2f}, margin {margin:.2f})")
     if portable:  # ORT's offline output holds com.microsoft fused ops: its node count is not comparable
         def nodes(v: dict) -> int:
             return v["nodes"] - v.get("train_dropouts", 0)
@@ -386,12 +408,13 @@ def verdict(variants: dict) -> dict:
         if nodes(g) > nodes(portable[fewest]):
             why.append(f"{nodes(g)} nodes, {fewest} has {nodes(portable[fewest])} (training Dropouts not counted)")
     if timed and g["latency_ratio"] > 1.0 + max(noise, g.get("latency_ci", 0.0)):
-        why.append(f"slower than the original ({g['latency_ratio']:.2f}, noise {noise:.2f})")
+        latency_why.append(f"slower than the original ({g['latency_ratio']:.2f}, noise {noise:.2f})")
     if not g.get("dynamic"):
         why.append("a dynamic dim was frozen")
     if not g.get("agrees") or g.get("verified") != "passed":
         why.append(f"verification: {g.get('verified')} {g.get('verify_reason', '')}".strip())
-    return {"ok": not why, "why": why, "noise": noise}
+    return {"ok": not (why or latency_why), "why": why + latency_why, "noise": noise,
+            "latency_only": bool(latency_why) and not why}
 
 
 def main(argv=None) -> None:
@@ -402,6 +425,8 @@ def main(argv=None) -> None:
     ap.add_argument("--tools", default=",".join(TOOLS))
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--per-round", type=int, default=3)
+    ap.add_argument("--confirm", type=int, default=3,
+                    help="a latency-only miss is re-timed this many times as long (1: never)")
     ap.add_argument("--session-rounds", type=int, default=5)
     ap.add_argument("--timeout", type=float, default=900)
     ap.add_argument("--no-timing", action="store_true", help="nodes, sizes, agreement only (quick)")
@@ -434,10 +459,23 @@ def main(argv=None) -> None:
         print(f"{key}", file=sys.stderr, flush=True)
         with tempfile.TemporaryDirectory(prefix="bench-exports-") as tmp:
             variants = bench_one(model, tools, pathlib.Path(tmp), args)
-        results[key] = {"variants": variants, "verdict": verdict(variants)}
+            v = verdict(variants)
+            confirmed = None
+            if not v["ok"] and args.confirm > 1 and v.get("latency_only"):
+                print(f"  latency miss ({'; '.join(v['why'])}): measuring {args.confirm}x longer",
+                      file=sys.stderr, flush=True)
+                confirmed = v["why"]
+                data = dict(np.load(model.with_suffix(".npz")))
+                v = confirm_latency(variants, {k: a for k, a in data.items() if not k.startswith("expected_")}, args)
+        for variant in variants.values():
+            variant["path"] = str(variant["path"])
+        results[key] = {"variants": variants, "verdict": v, "first_miss": confirmed}
         text = render(key, variants)
-        v = results[key]["verdict"]
-        text += "\n\n" + ("targets met" if v["ok"] else "targets NOT met: " + "; ".join(v["why"])) + "\n"
+        text += "\n\n" + ("targets met" if v["ok"] else "targets NOT met: " + "; ".join(v["why"]))
+        if confirmed:
+            text += (f" (after re-measuring {args.rounds * args.confirm} rounds; the first "
+                     f"{args.rounds} said: {'; '.join(confirmed)})")
+        text += "\n"
         print(text, flush=True)
         out.append(text)
     met = sum(r["verdict"]["ok"] for r in results.values())
