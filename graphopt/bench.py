@@ -7,8 +7,11 @@ What is measured, and how:
 2. **First run**: the first `run()` of each created session (allocations, lazy kernel
    set-up); median over the same repeats.
 3. **Latency**: after `warmup` runs, `runs` timed runs per model, *interleaved* (round r
-   runs every model once, in an order rotated by r) in one process on the same inputs, so
-   background load hits every model alike. p50/p90/p99/mean/min come from these runs
+   runs every model once, in a fresh random order) in one process on the same inputs, so
+   background load hits every model alike. The order is shuffled rather than rotated because
+   a run is slowed or sped up by what ran just before it (the caches it left): with a
+   rotation every model keeps the same predecessor, and on MobileNetV2 int8 that alone moved
+   one model's ratio by 2% (after a float model: 0.563x, shuffled: 0.551x). p50/p90/p99/mean/min come from these runs
    (p99 of fewer than 100 runs is close to the maximum), throughput is batch / mean.
 4. **Ratios** to the first model: p50 ratio = p50_i / p50_0, and the median of the paired
    per-round ratios t_i/t_0 with a 95% bootstrap interval, which shows how far noise goes.
@@ -149,17 +152,17 @@ def create_session(source: str | bytes, providers: list[str], options: ort.Sessi
 
 
 def time_interleaved(runners: Sequence[Callable[[], object]], runs: int, warmup: int = 2,
-                     progress: Callable[[int], None] | None = None) -> list[list[float]]:
-    """Seconds per run of each runner; round r runs them all once, in an order rotated by r."""
+                     progress: Callable[[int], None] | None = None, seed: int = 0) -> list[list[float]]:
+    """Seconds per run of each runner; each round runs them all once, in a shuffled order (case 3)."""
     n = len(runners)
     for _ in range(warmup):
         for run in runners:
             run()
     times: list[list[float]] = [[] for _ in range(n)]
     clock = time.perf_counter
+    rng = np.random.default_rng(seed)
     for r in range(runs):
-        for k in range(n):
-            i = (r + k) % n
+        for i in rng.permutation(n):
             start = clock()
             runners[i]()
             times[i].append(clock() - start)

@@ -31,15 +31,13 @@ __all__ = ["Decision", "MeasuredDecider", "CostModelDecider", "WholeModelGuard",
 import dataclasses
 import logging
 import math
-import time
 
 import numpy as np
 import onnx
 import onnx_ir as ir
 
-from collections.abc import Callable
-
-from graphopt.bench import create_session, paired_ratio, resolve_provider, session_options, time_interleaved
+from graphopt.abtest import conclusive, faster, time_pair
+from graphopt.bench import paired_ratio, resolve_provider
 from passes.fuse_parallel import Candidate, _const_nodes, apply_all, apply_candidate, find_candidates
 
 logger = logging.getLogger(__name__)
@@ -247,65 +245,6 @@ def fused_form(proto: onnx.ModelProto, input_name: str, n_members: int) -> onnx.
 # ----------------------------------------------------------------------------- measuring
 
 
-def _same_outputs(a: list, b: list) -> bool:
-    for x, y in zip(a, b):
-        x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-        if x.shape != y.shape:
-            return False
-        scale = max(1.0, float(np.abs(x).max(initial=0.0)))
-        if not np.allclose(x, y, rtol=1e-3, atol=1e-4 * scale, equal_nan=True):
-            return False
-    return True
-
-
-def time_pair(a: bytes, b: bytes, feeds: dict, providers: list[str], threads: int | None, *,
-              budget_s: float, min_runs: int = 10, max_runs: int = 400,
-              decided: Callable[[list[float], list[float]], bool] | None = None,
-              ) -> tuple[list[float], list[float], bool]:
-    """Interleaved seconds per run of two models on the same feeds, and whether outputs agree.
-
-    Runs chunks of `min_runs` rounds until `budget_s` is spent and `decided(ta, tb)` holds (the
-    evidence is conclusive), or 3x the budget, or `max_runs` rounds."""
-    options = session_options(threads)
-    sa, sb = create_session(a, providers, options), create_session(b, providers, options)
-    out_a, out_b = sa.run(None, feeds), sb.run(None, feeds)
-    same = _same_outputs(out_a, out_b)
-    ta: list[float] = []
-    tb: list[float] = []
-    start = time.perf_counter()
-    warm = 3
-    while len(ta) < max_runs:
-        chunk = time_interleaved([lambda: sa.run(None, feeds), lambda: sb.run(None, feeds)], min_runs, warm)
-        warm = 0
-        ta += chunk[0]
-        tb += chunk[1]
-        spent = time.perf_counter() - start
-        if spent > 3 * budget_s or (spent > budget_s and (decided is None or decided(ta, tb))):
-            break
-    return ta, tb, same
-
-
-def _verdict(ta: list[float], tb: list[float], min_gain: float) -> tuple[bool, float, str]:
-    """(pays, gain, evidence). Pays: the median per-round ratio fused/separate shows at least
-    `min_gain`, and its 95% bootstrap interval lies below 1 (faster with confidence)."""
-    stats = paired_ratio(ta, tb)
-    gain = 1 - stats["median"]
-    lo, hi = stats["ci95"]
-    pays = gain >= min_gain and hi < 1.0
-    return pays, gain, (f"ratio {stats['median']:.3f} (95% CI {lo:.3f}-{hi:.3f}), "
-                        f"fused faster in {stats['faster_share']:.0%} of rounds")
-
-
-def _conclusive(min_gain: float) -> Callable[[list[float], list[float]], bool]:
-    """Stop sampling once the interval is clear of the decision boundary on either side."""
-
-    def decided(ta: list[float], tb: list[float]) -> bool:
-        lo, hi = paired_ratio(ta, tb, boot=400)["ci95"]
-        return hi < 1.0 - min_gain or lo > 1.0 - min_gain
-
-    return decided
-
-
 class MeasuredDecider:
     """Time both forms of each candidate in ORT on the target provider; cache by signature."""
 
@@ -332,14 +271,14 @@ class MeasuredDecider:
             fused = fused_form(separate, cand.input.name, len(cand.members))
             ta, tb, same = time_pair(separate.SerializeToString(), fused.SerializeToString(), feeds,
                                      self.providers, self.threads, budget_s=self.budget_s,
-                                     decided=_conclusive(self.min_gain))
+                                     decided=conclusive(self.min_gain))
         except Exception as e:  # noqa: BLE001 - a candidate we cannot time is simply not fused
             logger.debug("cannot measure %s: %s", cand.name, e)
             return Decision(False, None, "measured", f"not measurable: {str(e).splitlines()[0][:200]}")
         if not same:
             decision = Decision(False, None, "measured", "fused subgraph gave different outputs")
         else:
-            apply, gain, evidence = _verdict(ta, tb, self.min_gain)
+            apply, gain, evidence = faster(ta, tb, self.min_gain)
             note = f"assumed dims {dims}" if assumed else f"{dims}"
             decision = Decision(apply, gain, "measured", f"{len(ta)} paired runs at {note}; {evidence}",
                                 float(np.median(ta)) * 1e3, float(np.median(tb)) * 1e3)
@@ -415,7 +354,7 @@ class WholeModelGuard:
         try:
             ta, tb, same = time_pair(separate.SerializeToString(), fused.SerializeToString(), feeds,
                                      self.providers, self.threads, budget_s=self.budget_s, min_runs=5,
-                                     decided=_conclusive(0.0))
+                                     decided=conclusive(0.0))
         except Exception as e:  # noqa: BLE001 - keep the subgraph verdicts if the whole model cannot run
             verdict = GuardVerdict(True, f"whole model not timed ({str(e).splitlines()[0][:160]})")
         else:

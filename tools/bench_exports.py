@@ -14,8 +14,8 @@ wall time and peak RSS are the tool's own, imports included). Then, in this one 
 - agreement: max |difference| to the original's ORT outputs on the .npz inputs, and the
   pass/fail verdict at rtol 1e-3 / atol 1e-4 x max(1, |output|);
 - latency: ORT CPU (default graph optimizations, 2 intra-op threads, spinning off), all
-  variants' sessions open at once, single runs timed round-robin (interleaved, rotating
-  order); CPU time per run (see `time_latency` for why not wall time), as the median over
+  variants' sessions open at once, single runs timed round-robin (interleaved, in a fresh
+  random order each round: a run depends on the caches its predecessor left); CPU time per run (see `time_latency` for why not wall time), as the median over
   rounds of the ratio to the original's time in the same round, with the half-width of its
   bootstrap 95% interval. `copy` is the original file copied: its distance from 1.00 (or its
   interval) is the noise floor of this run (the JSON also has the wall-time 10th percentile).
@@ -235,7 +235,7 @@ def dynamic_kept(orig_inputs: dict, new_inputs: dict) -> bool:
 
 def time_latency(sessions: dict, feeds: dict, rounds: int, per_round: int) -> dict:
     """Per variant: median CPU time of one run (all of ORT's threads), and the 10th percentile of
-    wall time, runs interleaved round-robin in rotating order.
+    wall time, runs interleaved round-robin in a shuffled order (graphopt.bench, case 3).
 
     CPU time is the ratio we report. On this shared machine (load ~10 on 2 cores) the wall time
     of identical copies of one file spread by 25-60% whatever the statistic (min, p10, median),
@@ -248,9 +248,9 @@ def time_latency(sessions: dict, feeds: dict, rounds: int, per_round: int) -> di
             sessions[name].run(None, feeds[name])
     cpu = {name: [] for name in names}  # per round: mean CPU time of that round's runs
     wall = {name: [] for name in names}
-    for r in range(rounds):
-        order = names[r % len(names):] + names[:r % len(names)]
-        for name in order:
+    rng = np.random.default_rng(0)
+    for _ in range(rounds):
+        for name in (names[i] for i in rng.permutation(len(names))):
             c_total = 0.0
             for _ in range(per_round):
                 w, c = time.perf_counter(), time.process_time()

@@ -11,10 +11,14 @@ verified against the original). From it, with the same calibration data:
 - `ORT static tuned`: the same with per_channel=True, reduce_range=True, uint8 activations
   (what ORT's documentation recommends for AVX2 machines).
 
+`float copy` is the float file again in a session of its own: its distance from 1.000x is
+how far two identical models land apart in this run (weights placed differently in memory,
+machine noise), so differences between variants smaller than that are not differences.
+
 Accuracy: top-1 on the digits test split (labels); on the CNNs, whose weights are random,
 top-1 agreement and output SNR against the float model on held-out noise inputs. Latency:
-all variants of a model run interleaved in one process (graphopt.bench: rounds rotate the
-order, thread-pool spinning off), median ms and the median of per-round ratios to float.
+all variants of a model run interleaved in one process (graphopt.bench: each round in a
+shuffled order, thread-pool spinning off), median ms and the median of per-round ratios to float.
 `kernels` lists what ORT runs after its own QDQ fusion: float Conv/Gemm/MatMul left over
 mean a QDQ pair ORT could not fuse. `--schemes` adds graphopt int8 under every scheme.
 `--profile` adds ORT's own kernel times (its profiler) per layer kind for float and graphopt
@@ -34,6 +38,7 @@ import contextlib
 import io
 import json
 import pathlib
+import shutil
 import sys
 import tempfile
 
@@ -260,7 +265,9 @@ def run_model(name: str, source: pathlib.Path, args, work: pathlib.Path, notes: 
     print(f"== {name}: {source}", file=sys.stderr)
     fp32 = float_model(source, work / f"{name}.fp32.onnx", notes)
     calib, test = data_for(name, fp32, args.calib if name != "digits" else 0)
+    shutil.copyfile(fp32, work / f"{name}.fp32.copy.onnx")
     variants = {"float (level 2)": fp32,
+                "float copy": work / f"{name}.fp32.copy.onnx",  # same file, own session: the noise floor
                 "graphopt int8": graphopt_int8(fp32, work / f"{name}.graphopt.onnx", calib),
                 "ORT static": ort_static(fp32, work / f"{name}.ort.onnx", calib, tuned=False),
                 "ORT static tuned": ort_static(fp32, work / f"{name}.ort_tuned.onnx", calib, tuned=True)}
@@ -271,7 +278,7 @@ def run_model(name: str, source: pathlib.Path, args, work: pathlib.Path, notes: 
     rows = {k: {"accuracy": accuracy(p, evaluator), "file_bytes": p.stat().st_size} for k, p in variants.items()}
     for k, p in variants.items():
         ops = kernels(p, args.threads)
-        rows[k]["float_layers"] = sum(n for op, n in ops.items() if op in FLOAT_LAYERS) if k != "float (level 2)" \
+        rows[k]["float_layers"] = sum(n for op, n in ops.items() if op in FLOAT_LAYERS) if not k.startswith("float") \
             else None
         rows[k]["qdq_left"] = ops["QuantizeLinear"] + ops["DequantizeLinear"]
     runs = args.runs or (300 if name == "digits" else 40)

@@ -369,7 +369,7 @@ def test_dynamic_dims_are_measured_at_consistent_assumed_sizes():
 
 def test_measured_path_and_guard_keep_the_model_when_nothing_pays(monkeypatch):
     fpd.clear_cache()
-    monkeypatch.setattr(fpd, "_verdict", lambda ta, tb, min_gain: (False, -0.1, "slower"))
+    monkeypatch.setattr(fpd, "faster", lambda ta, tb, min_gain: (False, -0.1, "slower"))
     model = conv_block()
     result = FuseParallelPass(provider="cpu")(model)  # measured + whole-model guard (not reached)
     assert not result.modified
