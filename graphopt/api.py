@@ -143,8 +143,9 @@ def optimize(
     pipeline and its verification: `calibration` and `eval` data (.npz, folder, dict or
     "random"), `max_accuracy_drop` in points (layers go back to float until it holds, else
     BudgetError), figures in `result.report.sections["quantization"]`.
-    `provider`/`threads` are the ORT target that measuring passes (level 3's fuse_parallel)
-    time candidates on, `measure=False` gives them a cost model instead; with `bench`, the
+    `provider`/`threads` are the ORT target that measuring steps (level 3's fuse_parallel,
+    int8's placement by speed) time candidates on, `measure=False` gives them a cost model
+    (fusion) or quantizes every layer it can (int8) instead; with `bench`, the
     original and optimized models are timed side by side on that target and the ratios go
     to `result.report.sections["bench"]`.
     Compression runs before quantization, on the same data and budget (passes/compress_stage.py):
@@ -253,7 +254,7 @@ def optimize(
             eval=eval, max_accuracy_drop=budget, calibration_method=calibration_method,
             calibration_samples=calibration_samples, preprocess=preprocess, keep_io_types=keep_io_types,
             int8_scheme=int8_scheme, keep_float=tuple(keep_float), eval_output=eval_output, shapes=shapes,
-            measure=quantize_measure)
+            measure=quantize_measure, place_for_speed=measure, provider=provider, threads=threads)
         if compressed is not None and lossy_section is not None:
             compressed.score_final(working)
             if compressed.sparse_format:

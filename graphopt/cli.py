@@ -77,7 +77,8 @@ def optimize(
                                  help="ORT execution provider to measure on: cpu|cuda|tensorrt|openvino|dml|coreml."),
     threads: Optional[int] = typer.Option(None, "--threads", help="ORT intra-op threads when measuring [ORT default]."),
     measure: bool = typer.Option(True, "--measure/--no-measure",
-                                 help="Level 3: time each fusion candidate in ORT, or use the cost model."),
+                                 help="Time candidate rewrites in ORT on the target: level-3 fusions (else a "
+                                      "cost model), int8 layers kept float where that runs faster (else all int8)."),
     bench: bool = typer.Option(False, "--bench", help="Time original vs optimized in ORT; ratios go to the report."),
     quantize: Optional[str] = typer.Option(None, "--quantize", "-q",
                                            help="Lossy stage after the lossless passes: int8 | int8-dynamic | fp16."),

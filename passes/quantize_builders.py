@@ -51,6 +51,7 @@ class Int8Builder:
         self.warnings: list[str] = []
         self.notes: list[str] = []
         self.last = None
+        self.speed_kept: list[str] = []
         note(f"calibrate {len(plan.range_keys())} tensors ({options.calibration_method})")
         self._calibrate(plan.range_keys())
         self.means: dict[str, np.ndarray] = {}
@@ -63,6 +64,12 @@ class Int8Builder:
         if any(n.op_type == "ConvTranspose" for n in model.graph if n.name in self.candidates):
             self.notes.append("ConvTranspose has no int8 kernel in ORT's CPU EP: its weights shrink, it runs "
                               "dequantized")
+
+    def keep_float_for_speed(self, names) -> None:
+        """Layers placed float for speed (quantize_speed.py) leave the budget's candidates."""
+        self.speed_kept = list(names)
+        self.keep_float |= set(names)
+        self.candidates = [c for c in self.candidates if c not in self.keep_float]
 
     def _calibrate(self, keys) -> None:
         missing = sorted(set(keys) - set(self.ranges))
@@ -95,7 +102,7 @@ class Int8Builder:
             "calibration": f"{calib.source}: {len(calib)} samples, {self.options.calibration_method}"
                            + (f" {self.options.percentile:g}%" if self.options.calibration_method == "percentile"
                               else ""),
-            "layers_quantized": f"{len(applied)} of {len(self.candidates)}",
+            "layers_quantized": f"{len(applied)} of {len(self.candidates) + len(self.speed_kept)}",
             "tensors_quantized": (self.last.counters.get("tensors_quantized") if self.last else None),
             "activations_absorbed": (self.last.counters.get("activations_absorbed") if self.last else None),
         }

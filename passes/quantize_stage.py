@@ -7,10 +7,13 @@ lossless pipeline, scored on data, held to an accuracy budget, measured in ONNX 
    level 0/1 run gets it here, since int8 around an unfolded BN is slow and loses accuracy).
 2. Load calibration data (static int8 only) and evaluation data (`--eval`; without it the
    calibration data is used and the report says so).
-3. Build with every layer decision applied; score against the float model; if the drop
+3. Static INT8, unless `place_for_speed` is off (`--no-measure`): layers whose int8 kernel ORT runs slower than the
+   float one on this machine stay float when the whole model is measurably faster that way
+   (quantize_speed.py).
+4. Build with every layer decision applied; score against the float model; if the drop
    exceeds `--max-accuracy-drop`, `graphopt.accuracy.fit_budget` keeps the most sensitive
    layers in float until it holds, or raises `BudgetError` with the best it found.
-4. Report: accuracy before/after, layers kept float and what each costs, file size,
+5. Report: accuracy before/after, layers kept float and what each costs, file size,
    latency and memory side by side with the float model (`graphopt.bench`), and the
    kernels ORT actually runs (so a QDQ pair ORT could not fuse shows up as a float op).
 """
@@ -56,6 +59,7 @@ class LossyOptions:
     eval_output: str | None = None
     shapes: dict | None = None
     measure: bool = True  # latency and memory against the float model
+    place_for_speed: bool = True  # int8: layers ORT runs slower in int8 stay float (measured)
     provider: str = "cpu"
     threads: int | None = None
     bench_runs: int = 20
@@ -142,6 +146,14 @@ def run_lossy(model: ir.Model, options: LossyOptions, progress: Callable[[str], 
         raise UsageError("--max-accuracy-drop needs data to measure accuracy on: give --eval DATA.npz")
 
     builder = _builder(model, options, calib, warnings, note)
+    speed = None
+    if options.mode == "int8" and options.place_for_speed and builder.candidates:
+        from passes.quantize_speed import place_for_speed
+
+        note("int8: placement by speed")
+        speed = place_for_speed(model, builder.build, builder.candidates, {k: v[:1] for k, v in calib.inputs.items()},
+                                options.provider, options.threads)
+        builder.keep_float_for_speed(speed.kept_float)
     note(f"{options.mode}: build")
     evaluator = Evaluator(evaluation, model, output=options.eval_output) if evaluation is not None else None
     if evaluator is None:
@@ -155,6 +167,9 @@ def run_lossy(model: ir.Model, options: LossyOptions, progress: Callable[[str], 
         final = result.model
     final.metadata_props["graphopt.lossy"] = builder.describe()
     section = builder.section(result, evaluation)
+    if speed is not None:
+        section["speed_placement"] = _speed_summary(speed)
+        section["speed_trials"] = speed.trials
     if result is not None:
         section.update(_accuracy_fields(result, evaluation, options))
         section["kept_float"] = _kept(result, builder)
@@ -175,6 +190,14 @@ def _builder(model: ir.Model, options: LossyOptions, calib: Dataset | None, warn
     if options.mode == "int8-dynamic":
         return DynamicBuilder(model, options)
     return Fp16Builder(model, options, calib, note)
+
+
+def _speed_summary(speed) -> str:
+    taken = next((t for t in speed.trials if t.get("taken") and t["layers"] == speed.kept_float), None)
+    if not speed.kept_float:
+        return speed.reason
+    ratio = f": {taken['ratio']:.3g}x the all-int8 latency" if taken else ""
+    return f"kept float for speed: {', '.join(speed.kept_float)}{ratio}"
 
 
 def _accuracy_fields(result, evaluation: Dataset, options: LossyOptions) -> dict:

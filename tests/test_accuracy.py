@@ -142,6 +142,7 @@ def test_evaluator_top1_and_agreement():
 def lossy(model, **kwargs):
     kwargs.setdefault("calibration", labelled(model, 64, 2))
     kwargs.setdefault("eval", labelled(model, 200, 3))
+    kwargs.setdefault("place_for_speed", False)  # budgets here; placement by speed has its own tests
     return run_lossy(model, LossyOptions("int8", measure=False, **kwargs))
 
 
@@ -189,7 +190,7 @@ def test_cli_budget_failure_exits_1_with_the_best(tmp_path, capsys):
     np.savez(tmp_path / "test.npz", **labelled(model, 200, 3))
     args = ["optimize", str(path), "-o", str(tmp_path / "q.onnx"), "--level", "0", "--quantize", "int8",
             "--calibration", str(tmp_path / "calib.npz"), "--eval", str(tmp_path / "test.npz"),
-            "--keep-float", "fc1", "--max-accuracy-drop", "0"]
+            "--keep-float", "fc1", "--max-accuracy-drop", "0", "--no-measure"]
     with pytest.raises(SystemExit) as info:
         main(args)
     assert info.value.code == 1

@@ -133,7 +133,8 @@ def test_optimize_structured_cuts_macs_and_reports_groups():
 
 def test_prune_factorize_quantize_in_one_call_hold_the_budget():
     result = graphopt.optimize(DIGITS, sparsity=0.25, structured=True, low_rank=0.9, quantize="int8",
-                               calibration=CALIB, eval=TEST, max_accuracy_drop=6.0, quantize_measure=False)
+                               calibration=CALIB, eval=TEST, max_accuracy_drop=6.0, quantize_measure=False,
+                               measure=False)
     section = result.report.sections["compression"]
     assert section["steps"] == ["structured", "low_rank"]
     assert section["structured"]["budget_share"] == pytest.approx(2.0)  # a third of 6 points

@@ -6,7 +6,9 @@
 For each model the float baseline is graphopt's level-2 output (BatchNormalization folded,
 verified against the original). From it, with the same calibration data:
 
-- `graphopt int8`: `--quantize int8` defaults (auto scheme, min-max, no budget);
+- `graphopt int8`: `--quantize int8` defaults (auto scheme, min-max, no budget, layers that
+  run faster in float on this machine kept float: passes/quantize_speed.py);
+- `graphopt int8, all layers`: the same with every layer quantized (`--no-measure`);
 - `ORT static`: `onnxruntime.quantization.quantize_static(quant_format=QDQ)` with its defaults;
 - `ORT static tuned`: the same with per_channel=True, reduce_range=True, uint8 activations
   (what ORT's documentation recommends for AVX2 machines).
@@ -20,7 +22,7 @@ top-1 agreement and output SNR against the float model on held-out noise inputs.
 all variants of a model run interleaved in one process (graphopt.bench: each round in a
 shuffled order, thread-pool spinning off), median ms and the median of per-round ratios to float.
 `kernels` lists what ORT runs after its own QDQ fusion: float Conv/Gemm/MatMul left over
-mean a QDQ pair ORT could not fuse. `--schemes` adds graphopt int8 under every scheme.
+mean a QDQ pair ORT could not fuse. `--schemes` adds graphopt int8 under every scheme (all layers).
 `--profile` adds ORT's own kernel times (its profiler) per layer kind for float and graphopt
 int8: stem conv, 1x1 conv, depthwise conv, other conv, then other op types. The int8/float
 ratio of each kind is what ORT's kernels give on this CPU; the sum of the per-kind minimums
@@ -155,9 +157,15 @@ def float_model(source: pathlib.Path, out: pathlib.Path, notes: list[str]) -> pa
     return out
 
 
-def graphopt_int8(fp32: pathlib.Path, out: pathlib.Path, calib: Dataset, scheme="auto") -> pathlib.Path:
-    result = run_lossy(graphopt.load(fp32), LossyOptions("int8", calibration=calib, int8_scheme=scheme, measure=False))
+def graphopt_int8(fp32: pathlib.Path, out: pathlib.Path, calib: Dataset, threads: int, scheme="auto",
+                  speed: bool = True) -> pathlib.Path:
+    """`--quantize int8` as a user gets it, placement by speed measured at the bench's thread count."""
+    result = run_lossy(graphopt.load(fp32), LossyOptions("int8", calibration=calib, int8_scheme=scheme, measure=False,
+                                                         place_for_speed=speed, threads=threads))
     graphopt.save(result.model, out)
+    kept = result.section.get("speed_placement")
+    if speed and kept:
+        print(f"   {out.name}: {kept}", file=sys.stderr)
     return out
 
 
@@ -268,12 +276,15 @@ def run_model(name: str, source: pathlib.Path, args, work: pathlib.Path, notes: 
     shutil.copyfile(fp32, work / f"{name}.fp32.copy.onnx")
     variants = {"float (level 2)": fp32,
                 "float copy": work / f"{name}.fp32.copy.onnx",  # same file, own session: the noise floor
-                "graphopt int8": graphopt_int8(fp32, work / f"{name}.graphopt.onnx", calib),
+                "graphopt int8": graphopt_int8(fp32, work / f"{name}.graphopt.onnx", calib, args.threads),
+                "graphopt int8, all layers": graphopt_int8(fp32, work / f"{name}.all.onnx", calib, args.threads,
+                                                           speed=False),
                 "ORT static": ort_static(fp32, work / f"{name}.ort.onnx", calib, tuned=False),
                 "ORT static tuned": ort_static(fp32, work / f"{name}.ort_tuned.onnx", calib, tuned=True)}
     if args.schemes:
         for scheme in ("u8s8", "u8s8-reduced", "u8u8", "s8s8"):
-            variants[f"graphopt int8 {scheme}"] = graphopt_int8(fp32, work / f"{name}.{scheme}.onnx", calib, scheme)
+            variants[f"graphopt int8 {scheme}"] = graphopt_int8(fp32, work / f"{name}.{scheme}.onnx", calib,
+                                                                args.threads, scheme, speed=False)
     evaluator = Evaluator(test, graphopt.load(fp32), batch_size=16)
     rows = {k: {"accuracy": accuracy(p, evaluator), "file_bytes": p.stat().st_size} for k, p in variants.items()}
     for k, p in variants.items():
