@@ -193,11 +193,9 @@ def _builder(model: ir.Model, options: LossyOptions, calib: Dataset | None, warn
 
 
 def _speed_summary(speed) -> str:
-    taken = next((t for t in speed.trials if t.get("taken") and t["layers"] == speed.kept_float), None)
     if not speed.kept_float:
         return speed.reason
-    ratio = f": {taken['ratio']:.3g}x the all-int8 latency" if taken else ""
-    return f"kept float for speed: {', '.join(speed.kept_float)}{ratio}"
+    return f"kept float for speed: {', '.join(speed.kept_float)}: {speed.ratio:.3g}x the all-int8 latency"
 
 
 def _accuracy_fields(result, evaluation: Dataset, options: LossyOptions) -> dict:

@@ -85,15 +85,14 @@ def test_real_profiles_credit_every_layer(quantized):
 
 
 class Fake:
-    """Profiles and A/B timings as given: `ratios` maps the set of float layers to the
-    time of that model over the all-int8 one."""
+    """Profiles and latencies as given: `latency` maps the set of layers a model keeps float
+    to its time per run (the all-int8 model, the empty set, takes 1.0)."""
 
-    def __init__(self, monkeypatch, int8_ms: dict, float_ms: dict, ratios: dict | None = None, fail: bool = False):
+    def __init__(self, monkeypatch, int8_ms: dict, float_ms: dict, latency: dict | None = None, fail: bool = False):
         self.model = _named(conv_chain())
-        self.excluded: frozenset = frozenset()
-        self.timed: list[frozenset] = []
+        self.timed: list[tuple[frozenset, frozenset]] = []
         profiles = iter([int8_ms, float_ms])
-        ratios = {frozenset(k): v for k, v in (ratios or {}).items()}
+        latency = {frozenset(k): v for k, v in (latency or {}).items()}
 
         def fake_kernel_times(*args, **kwargs):
             if fail:
@@ -104,22 +103,34 @@ class Fake:
             return {k: v / 1e3 for k, v in next(profiles).items()}
 
         def fake_time_pair(a, b, feeds, providers, threads, **kwargs):
-            self.timed.append(self.excluded)
-            ratio = ratios.get(self.excluded, 1.0)
+            fa, fb = (self._float_layers(m) for m in (a, b))
+            self.timed.append((fa, fb))
             noise = np.random.default_rng(len(self.timed)).normal(0, 0.002, 60)
-            return [1.0] * 60, list(ratio * (1 + noise)), True
+            return [latency.get(fa, 1.0)] * 60, list(latency.get(fb, 1.0) * (1 + noise)), True
 
         monkeypatch.setattr(qs, "kernel_times", fake_kernel_times)
         monkeypatch.setattr(qs, "node_kernel_times", fake_node_times)
         monkeypatch.setattr(qs, "time_pair", fake_time_pair)
 
-    def build(self, applied: frozenset) -> ir.Model:
-        self.excluded = frozenset(n.name for n in self.model.graph if n.op_type == "Conv") - applied
-        return self.model
+    @staticmethod
+    def _float_layers(model_bytes: bytes) -> frozenset:
+        doc = onnx.load_from_string(model_bytes).doc_string
+        return frozenset(doc.split(",")) if doc else frozenset()
 
-    def place(self) -> SpeedPlacement:
-        layers = [n.name for n in self.model.graph if n.op_type == "Conv"]
-        return place_for_speed(self.model, self.build, layers, {"x": calibration(1)["x"]})
+    def build(self, applied: frozenset) -> ir.Model:
+        model = self.model.clone()
+        model.doc_string = ",".join(sorted(set(self.layers()) - applied))
+        return model
+
+    def layers(self) -> list[str]:
+        return [n.name for n in self.model.graph if n.op_type == "Conv"]
+
+    def place(self, **kwargs) -> SpeedPlacement:
+        kwargs.setdefault("max_weight_share", 1.0)
+        return place_for_speed(self.model, self.build, self.layers(), {"x": calibration(1)["x"]}, **kwargs)
+
+
+SLOW_STEM = dict(int8_ms={"conv0": 3, "conv2": 2.5, "conv4": 1}, float_ms={"conv0": 1, "conv2": 2, "conv4": 2})
 
 
 def test_no_layer_slower_in_int8_means_no_trial(monkeypatch):
@@ -129,40 +140,47 @@ def test_no_layer_slower_in_int8_means_no_trial(monkeypatch):
     assert "faster than its float one" in placement.reason
 
 
-def test_all_slow_layers_float_when_that_pays(monkeypatch):
-    fake = Fake(monkeypatch, int8_ms={"conv0": 3, "conv2": 2.5, "conv4": 1},
-                float_ms={"conv0": 1, "conv2": 2, "conv4": 2}, ratios={("conv0", "conv2"): 0.9})
+def test_slow_layers_go_float_one_at_a_time_against_the_best_so_far(monkeypatch):
+    fake = Fake(monkeypatch, **SLOW_STEM, latency={("conv0",): 0.9, ("conv0", "conv2"): 0.85})
     placement = fake.place()
     assert placement.kept_float == ["conv0", "conv2"]  # largest loss first
     assert [s["layer"] for s in placement.suspects] == ["conv0", "conv2"]
-    assert placement.suspects[0] == {"layer": "conv0", "float_ms": 1.0, "int8_ms": 3.0}
-    assert fake.timed == [frozenset({"conv0", "conv2"})] and placement.trials[0]["taken"]
-    assert placement.trials[0]["ratio"] == pytest.approx(0.9, abs=0.01)
+    assert placement.suspects[0] == {"layer": "conv0", "float_ms": 1.0, "int8_ms": 3.0, "weight_bytes": 864}
+    conv0, both = frozenset({"conv0"}), frozenset({"conv0", "conv2"})
+    assert fake.timed == [(frozenset(), conv0), (conv0, both)]
+    assert [t["taken"] for t in placement.trials] == [True, True]
+    assert placement.ratio == pytest.approx(0.85, abs=0.01)
 
 
-def test_group_that_does_not_pay_is_tried_layer_by_layer(monkeypatch):
-    fake = Fake(monkeypatch, int8_ms={"conv0": 3, "conv2": 2.5, "conv4": 1},
-                float_ms={"conv0": 1, "conv2": 2, "conv4": 2},
-                ratios={("conv0", "conv2"): 1.01, ("conv0",): 0.9, ("conv2",): 1.02})
+def test_a_suspect_that_does_not_pay_is_passed_over(monkeypatch):
+    fake = Fake(monkeypatch, **SLOW_STEM, latency={("conv0",): 1.01, ("conv2",): 0.9})
     placement = fake.place()
-    assert placement.kept_float == ["conv0"]
-    assert fake.timed == [frozenset({"conv0", "conv2"}), frozenset({"conv0"}), frozenset({"conv2"})]
-    assert [t["taken"] for t in placement.trials] == [False, True, False]
+    assert placement.kept_float == ["conv2"]
+    assert [t["layers"] for t in placement.trials] == [["conv0"], ["conv2"]]
+    assert [t["taken"] for t in placement.trials] == [False, True]
 
 
-def test_singles_that_pay_apart_but_not_together_keep_the_best(monkeypatch):
-    fake = Fake(monkeypatch, int8_ms={"conv0": 3, "conv2": 2.5, "conv4": 1},
-                float_ms={"conv0": 1, "conv2": 2, "conv4": 2},
-                ratios={("conv0", "conv2"): 1.01, ("conv0",): 0.95, ("conv2",): 0.93})
+def test_a_step_that_makes_the_model_slower_is_not_taken(monkeypatch):
+    fake = Fake(monkeypatch, **SLOW_STEM, latency={("conv0",): 0.9, ("conv0", "conv2"): 0.95})
     placement = fake.place()
-    assert placement.kept_float == ["conv2"] and len(fake.timed) == 4
+    assert placement.kept_float == ["conv0"] and placement.ratio == pytest.approx(0.9, abs=0.01)
 
 
 def test_a_gain_inside_the_noise_is_not_taken(monkeypatch):
-    fake = Fake(monkeypatch, int8_ms={"conv0": 3}, float_ms={"conv0": 1}, ratios={("conv0",): 0.995})
+    fake = Fake(monkeypatch, int8_ms={"conv0": 3}, float_ms={"conv0": 1}, latency={("conv0",): 0.995})
     placement = fake.place()
     assert placement.kept_float == [] and not placement.trials[0]["taken"]
     assert "no float placement" in placement.reason
+
+
+def test_layers_kept_float_for_speed_hold_a_small_share_of_the_weights(monkeypatch):
+    # conv0 holds 864 of the 3,296 weight bytes: over a 20% share, under 30%
+    fake = Fake(monkeypatch, **SLOW_STEM, latency={("conv0",): 0.5, ("conv2",): 0.5})
+    placement = fake.place(max_weight_share=0.2)
+    assert placement.kept_float == [] and fake.timed == []
+    assert all("not tried" in t["evidence"] for t in placement.trials)
+    fake = Fake(monkeypatch, **SLOW_STEM, latency={("conv0",): 0.5})
+    assert fake.place(max_weight_share=0.3).kept_float == ["conv0"]
 
 
 def test_a_model_ort_cannot_profile_changes_nothing(monkeypatch):
@@ -182,7 +200,7 @@ def test_layers_placed_float_run_float_and_the_model_stays_accurate(monkeypatch)
     def placement(float_model, build, candidates, feeds, provider, threads):
         seen.update(candidates=list(candidates), feeds={k: v.shape for k, v in feeds.items()}, threads=threads)
         return SpeedPlacement([stem], [], [{"layers": [stem], "ratio": 0.9, "taken": True, "evidence": "given"}],
-                              "1 layer(s) kept float")
+                              "1 layer(s) kept float", 0.9)
 
     monkeypatch.setattr(qs, "place_for_speed", placement)
     calib = calibration()
@@ -209,17 +227,20 @@ def test_no_measure_quantizes_every_layer(monkeypatch):
 
 
 def test_real_measurement_keeps_only_candidates_and_reports_evidence():
+    from graphopt.calibrate import Dataset
+    from passes.quantize_builders import Int8Builder
+
     model = _named(conv_chain())
     options = LossyOptions("int8", calibration=calibration(), measure=False, threads=1)
-    result = run_lossy(model, options)
-    section = result.section
-    convs = {n.name for n in model.graph if n.op_type == "Conv"}
-    assert "speed_placement" in section
-    for trial in section["speed_trials"]:
-        assert set(trial["layers"]) <= convs and "paired runs" in trial["evidence"]
-    kept = [n.name for n in result.model.graph
-            if n.op_type == "Conv" and n.inputs[1].producer() is None]
-    assert set(kept) <= convs
+    builder = Int8Builder(model, options, Dataset(calibration()), lambda message: None)
+    placement = place_for_speed(model, builder.build, builder.candidates, {"x": calibration(1)["x"]}, threads=1,
+                                budget_s=0.05, max_weight_share=1.0)
+    assert set(placement.kept_float) <= set(builder.candidates)
+    assert {s["layer"] for s in placement.suspects} <= set(builder.candidates)
+    for trial in placement.trials:
+        assert "paired runs against the best so far" in trial["evidence"] and 0 < trial["ratio"] < 10
+    section = run_lossy(model, options).section  # the stage reports whatever it decided
+    assert section["speed_placement"] and isinstance(section["speed_trials"], list)
 
 
 def _run_all_optimizations(model: ir.Model, feeds: dict) -> np.ndarray:
