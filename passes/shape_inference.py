@@ -32,6 +32,14 @@ Cases:
    kernel is 2-3x slower than what it replaces (torch_ts BERT 1.01x -> 0.99x the original,
    MXNet BERT 0.93x -> 0.88x, tools/bench_exports.py).
 
+5. A dynamic dim of a main-graph input that has no name gets one of its own, `<input>_d<axis>`
+   (made unique in the model), before inference, which carries it to every value it reaches.
+   Each name belongs to one input and axis, so no equality the model does not state is
+   asserted; what ORT learns is that values downstream of one input dim share it, and it
+   plans memory better for it: MXNet exports leave every dim unnamed, and their ResNet-50 ran
+   0.778x the original unnamed, 0.765x named (onnxslim names them the same way). Dims the
+   model named, and the dims of subgraph and function inputs, are left as they are.
+
 The pass never rewrites nodes, values, names or weights; `passes/__init__.py` registers it
 with `rewrites=False` so its annotations do not keep the fixed-point loop going.
 """
@@ -57,12 +65,15 @@ class InferShapesPass(ir.passes.InPlacePass):
     def call(self, model: ir.Model) -> CountedPassResult:
         before = _annotations(model)
         try:
+            named = _name_anonymous_input_dims(model)
             inferred = _c_api_utils.call_onnx_api(_infer, model)
             _merge(model, ir.serde.deserialize_model(inferred), _dim_names(model))
         except Exception as e:  # noqa: BLE001 - inference is an annotation: never fail the pipeline
             logger.warning("shape inference failed, model left unchanged: %s", e)
             _restore(model, before)
             return CountedPassResult(model, False, counters={"shapes_inferred": 0})
+        for name in named:
+            logger.debug("named a dynamic input dim %s", name)
         after = _annotations(model)
         changed = sum(1 for key, annotation in after.items() if before.get(key) != annotation)
         for key, annotation in after.items():
@@ -70,7 +81,29 @@ class InferShapesPass(ir.passes.InPlacePass):
                 logger.debug("inferred %s: %s %s", key[1], annotation[1], annotation[0])
         if changed:
             logger.info("shape inference annotated %d values", changed)
-        return CountedPassResult(model, changed > 0, counters={"shapes_inferred": changed})
+        return CountedPassResult(model, changed > 0,
+                                 counters={"shapes_inferred": changed, "input_dims_named": len(named)})
+
+
+def _name_anonymous_input_dims(model: ir.Model) -> list[str]:
+    """Case 5: a name of its own for every unnamed dynamic dim of a main-graph input."""
+    taken = _dim_names(model)
+    named = []
+    for value in model.graph.inputs:
+        if value.shape is None or value.name in model.graph.initializers:
+            continue
+        dims = list(value.shape)
+        for axis, dim in enumerate(dims):
+            if isinstance(dim, ir.SymbolicDim) and dim.value is None:
+                name, k = f"{value.name}_d{axis}", 1
+                while name in taken:
+                    name, k = f"{value.name}_d{axis}_{k}", k + 1
+                taken.add(name)
+                named.append(name)
+                dims[axis] = ir.SymbolicDim(name)
+        if dims != list(value.shape):
+            value.shape = ir.Shape(dims)
+    return named
 
 
 def _infer(proto: onnx.ModelProto) -> onnx.ModelProto:

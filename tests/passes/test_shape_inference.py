@@ -225,3 +225,43 @@ def test_a_dim_the_model_named_is_never_lost():
         }""")
     InferShapesPass()(model)
     assert [d.value if isinstance(d, ir.SymbolicDim) else d for d in model.graph.outputs[0].shape] == ["batch", 4]
+
+
+def test_unnamed_input_dims_get_names_of_their_own_that_reach_downstream_values():
+    model = util.parse(HEADER + """
+        g (float[?,3,?] x, float[batch,3] z, float[x_d0] v) => (y, u) <float[3] w = {1, 2, 3}> {
+            t = Transpose <perm = [0, 2, 1]> (x)
+            m = Mul(t, w)
+            y = Relu(m)
+            u = Add(z, z)
+        }""")
+    before = util.copy(model)
+    result = InferShapesPass()(model)
+    x, z, v = model.graph.inputs
+    # one name per input and axis, never a dim name the model already uses (v's x_d0)
+    assert [d.value if isinstance(d, ir.SymbolicDim) else d for d in x.shape] == ["x_d0_1", 3, "x_d2"]
+    assert z.shape[0].value == "batch" and v.shape[0].value == "x_d0"  # dims the model named are kept
+    y = shapes(model.graph)["y"][0]
+    assert [d.value if isinstance(d, ir.SymbolicDim) else d for d in y] == ["x_d0_1", "x_d2", 3]
+    assert result.counters["input_dims_named"] == 2
+    assert [v.name for v in model.graph.inputs] == ["x", "z", "v"]
+    feeds = {"x": np.ones((2, 3, 5), np.float32), "z": np.ones((2, 3), np.float32), "v": np.ones(4, np.float32)}
+    util.assert_equivalent(before, model, feeds)
+    again = InferShapesPass()(model)
+    assert not again.modified and again.counters["input_dims_named"] == 0
+
+
+def test_subgraph_inputs_keep_their_dims():
+    model = util.parse(HEADER + """
+        g (float[?] x, bool c) => (y) {
+            y = If (c) <
+                then_branch = t () => (float[?] a) { a = Relu(x) },
+                else_branch = e () => (float[?] b) { b = Neg(x) }>
+        }""")
+    InferShapesPass()(model)
+    assert model.graph.inputs[0].shape[0].value == "x_d0"
+    assert model.graph.inputs[1].shape is not None and len(model.graph.inputs[1].shape) == 0
+    # the branch values follow the main graph's input: no name of their own is invented
+    names = {d.value for sub in model.graph.subgraphs() for out in sub.outputs if out.shape is not None
+             for d in out.shape if isinstance(d, ir.SymbolicDim) and d.value is not None}
+    assert names <= {"x_d0"}
