@@ -22,8 +22,9 @@ wall time and peak RSS are the tool's own, imports included). Then, in this one 
   An export that misses only a latency target is timed again `--confirm` times as long (all
   variants, fresh sessions) and judged on that longer run; the table says so and the JSON
   keeps the first figures (`first_timing`, `first_miss`);
-- session creation: smallest CPU time of several interleaved openings of each file, as a
-  ratio to the original.
+- session creation: smallest CPU time of several interleaved openings of each file (shuffled
+  order), as a ratio to the original. The original is read from the zoo's folder and every
+  other file from the work folder, so compare session figures with the `copy` row.
 
 `graphopt` runs at its default level with verification on (what a user gets); its verdict
 is the `ver` column. The targets (`verdict`): latency within the noise of the fastest peer
@@ -276,8 +277,9 @@ def time_session_creation(paths: dict, rounds: int) -> dict:
     """Per variant: the smallest CPU time of several interleaved session creations."""
     samples = {name: [] for name in paths}
     names = list(paths)
-    for r in range(rounds):
-        for name in names[r % len(names):] + names[:r % len(names)]:
+    rng = np.random.default_rng(1)  # shuffled like the latency rounds: a creation depends on what ran before
+    for _ in range(rounds):
+        for name in (names[i] for i in rng.permutation(len(names))):
             start = time.process_time()
             s = _session(paths[name])
             samples[name].append(time.process_time() - start)
