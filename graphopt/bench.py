@@ -11,8 +11,9 @@ What is measured, and how:
    background load hits every model alike. The order is shuffled rather than rotated because
    a run is slowed or sped up by what ran just before it (the caches it left): with a
    rotation every model keeps the same predecessor, and on MobileNetV2 int8 that alone moved
-   one model's ratio by 2% (after a float model: 0.563x, shuffled: 0.551x). p50/p90/p99/mean/min come from these runs
-   (p99 of fewer than 100 runs is close to the maximum), throughput is batch / mean.
+   one model's ratio by 2% (after a float model: 0.563x, shuffled: 0.551x). p50/p90/p99/
+   mean/min come from these runs (p99 of fewer than 100 runs is close to the maximum),
+   throughput is batch / mean.
 4. **Ratios** to the first model: p50 ratio = p50_i / p50_0, and the median of the paired
    per-round ratios t_i/t_0 with a 95% bootstrap interval, which shows how far noise goes.
 5. **Memory**, in a fresh subprocess per model (one at a time, after the timing): the

@@ -52,9 +52,6 @@ class SpeedPlacement:
     reason: str
     ratio: float = 1.0  # latency of the placed model over the all-int8 one (product of the steps)
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
 
 def place_for_speed(float_model: ir.Model, build: Callable[[frozenset[str]], ir.Model], candidates: Sequence[str],
                     feeds: dict, provider: str = "cpu", threads: int | None = None, *, min_gain: float = 0.02,

@@ -7,9 +7,9 @@ lossless pipeline, scored on data, held to an accuracy budget, measured in ONNX 
    level 0/1 run gets it here, since int8 around an unfolded BN is slow and loses accuracy).
 2. Load calibration data (static int8 only) and evaluation data (`--eval`; without it the
    calibration data is used and the report says so).
-3. Static INT8, unless `place_for_speed` is off (`--no-measure`): layers whose int8 kernel ORT runs slower than the
-   float one on this machine stay float when the whole model is measurably faster that way
-   (quantize_speed.py).
+3. Static INT8, unless `place_for_speed` is off (`--no-measure`): layers whose int8 kernel
+   ORT runs slower than the float one on this machine stay float when the whole model is
+   measurably faster that way (quantize_speed.py).
 4. Build with every layer decision applied; score against the float model; if the drop
    exceeds `--max-accuracy-drop`, `graphopt.accuracy.fit_budget` keeps the most sensitive
    layers in float until it holds, or raises `BudgetError` with the best it found.

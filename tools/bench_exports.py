@@ -15,9 +15,10 @@ wall time and peak RSS are the tool's own, imports included). Then, in this one 
   pass/fail verdict at rtol 1e-3 / atol 1e-4 x max(1, |output|);
 - latency: ORT CPU (default graph optimizations, 2 intra-op threads, spinning off), all
   variants' sessions open at once, single runs timed round-robin (interleaved, in a fresh
-  random order each round: a run depends on the caches its predecessor left); CPU time per run (see `time_latency` for why not wall time), as the median over
-  rounds of the ratio to the original's time in the same round, with the half-width of its
-  bootstrap 95% interval. `copy` is the original file copied: its distance from 1.00 (or its
+  random order each round: a run depends on the caches its predecessor left); CPU time per
+  run (see `time_latency` for why not wall time), as the median over rounds of the ratio
+  to the original's time in the same round, with the half-width of its bootstrap 95%
+  interval. `copy` is the original file copied: its distance from 1.00 (or its
   interval) is the noise floor of this run (the JSON also has the wall-time 10th percentile).
   An export that misses only a latency target is timed again `--confirm` times as long (all
   variants, fresh sessions) and judged on that longer run; the table says so and the JSON
