@@ -20,7 +20,9 @@ from graphopt import io
 from graphopt.analysis import analyze
 from graphopt.pipeline import PassOptions, Pipeline, select
 from graphopt.report import Report
-from graphopt.verify import RTOL, ATOL, VerifyResult, check as verify_check, load_npz, reference as verify_reference
+from graphopt.verify import (
+    RTOL, ATOL, VerifyResult, check as verify_check, load_npz, plan_inputs, reference as verify_reference,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -175,6 +177,9 @@ def optimize(
     protect = _protected_paths(model, working)
     file_before = _source_bytes(model, working)
     data = load_npz(inputs) if isinstance(inputs, (str, os.PathLike)) else inputs
+    # What every run of the model uses (verification, measurements, random calibration data):
+    # planned on the model as given, before any pass changes it.
+    plan = plan_inputs(working, shapes, data)
     # The original's reference run needs nothing from the passes: it runs on the other core
     # meanwhile (ORT reads the file and releases the GIL). Only from a path (an in-memory
     # source may share lazily loaded tensors with `working`), never for big models (which
@@ -183,8 +188,8 @@ def optimize(
     if (verify and not inference and isinstance(model, (str, os.PathLike))
             and io.model_size_bytes(working) <= _OVERLAP_MAX_BYTES):
         background = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="graphopt-reference")
-        reference_run = background.submit(verify_reference, model, shapes=shapes, data=data,
-                                          outputs=list(outputs) if outputs else None)
+        reference_run = background.submit(verify_reference, model, outputs=list(outputs) if outputs else None,
+                                          plan=plan)
         background.shutdown(wait=False)
     before = analyze(working)
     try:
@@ -220,11 +225,13 @@ def optimize(
             after = analyze(working)
         finally:
             verification = check_run.result()
+        plan = reference_run.result().inputs or plan
     else:
         after = analyze(working)
         if verify:
-            ref = verify_reference(baseline, shapes=shapes, data=data, outputs=list(outputs) if outputs else None)
+            ref = verify_reference(baseline, outputs=list(outputs) if outputs else None, plan=plan)
             verification = verify_check(ref, staged.path, rtol=rtol, atol=atol)
+            plan = ref.inputs or plan
             del ref
     warnings = []
     if verification is not None and verification.status == "skipped":
@@ -242,7 +249,7 @@ def optimize(
             sparsity=sparsity, structured=structured, sparsity_pattern=sparsity_pattern, low_rank=low_rank,
             sparsity_scope=sparsity_scope, prune_criterion=prune_criterion, channel_multiple=channel_multiple,
             sparse_format=sparse_format, eval=eval, calibration=calibration, max_accuracy_drop=max_accuracy_drop,
-            later_steps=int(bool(quantize)), eval_output=eval_output, preprocess=preprocess, shapes=shapes,
+            later_steps=int(bool(quantize)), eval_output=eval_output, preprocess=preprocess, shapes=shapes, inputs=plan,
             bn_source=model, measure=quantize_measure, provider=provider, threads=threads), progress=progress)
         working, after, file_after = compressed.model, analyze(compressed.model), compressed.section["file_bytes"]
         warnings.extend(compressed.warnings)
@@ -253,7 +260,7 @@ def optimize(
             working, after, file_after, verification, warnings, progress, mode=quantize, calibration=calibration,
             eval=eval, max_accuracy_drop=budget, calibration_method=calibration_method,
             calibration_samples=calibration_samples, preprocess=preprocess, keep_io_types=keep_io_types,
-            int8_scheme=int8_scheme, keep_float=tuple(keep_float), eval_output=eval_output, shapes=shapes,
+            int8_scheme=int8_scheme, keep_float=tuple(keep_float), eval_output=eval_output, shapes=shapes, inputs=plan,
             measure=quantize_measure, place_for_speed=measure, provider=provider, threads=threads)
         if compressed is not None and lossy_section is not None:
             compressed.score_final(working)
@@ -263,7 +270,7 @@ def optimize(
     if bench:  # the final model (after any lossy stage) against the original, on the target provider
         if progress:
             progress("bench")
-        bench_section = _bench_section(model, working, provider, threads, shapes, data, bench_runs)
+        bench_section = _bench_section(model, working, provider, threads, plan.feeds(), bench_runs)
     report = Report(
         source=str(model) if isinstance(model, (str, os.PathLike)) else type(model).__name__,
         level=level, passes=result.stats, iterations=result.iterations,
@@ -287,13 +294,13 @@ def optimize(
                           staged=staged)
 
 
-def _bench_section(original, optimized: ir.Model, provider: str, threads: int | None, shapes, data,
+def _bench_section(original, optimized: ir.Model, provider: str, threads: int | None, feeds: dict,
                    runs: int) -> dict:
     """Original vs optimized, interleaved in one process: ratios (optimized / original) and figures."""
     from graphopt.bench import bench
     from graphopt.machine import describe_cpu
 
-    result = bench([original, optimized], provider=provider, threads=threads, shapes=shapes, inputs=data,
+    result = bench([original, optimized], provider=provider, threads=threads, inputs=feeds,
                     runs=runs, warmup=3, init_repeats=2, names=["original", "optimized"])
     base, opt = result.models
 

@@ -278,25 +278,46 @@ def sample_data_for(path: str | os.PathLike) -> pathlib.Path | None:
     return candidate if candidate.exists() else None
 
 
-def _feeds(session: ort.InferenceSession, shapes: dict[str, list[int]], batch: int | None,
+def _feeds(path: str, session: ort.InferenceSession, shapes: dict[str, list[int]], batch: int | None,
            data: dict[str, np.ndarray] | None, warnings: list[str], where: str) -> dict[str, np.ndarray]:
-    from graphopt.verify import make_inputs
+    """The given data (resized to `batch`), else the input model's inputs that the session runs."""
+    from graphopt.inputs import DimRole, first_runnable
+    from graphopt.verify import plan_inputs
 
-    shapes = dict(shapes)
-    for arg in session.get_inputs():
-        dims = list(arg.shape or [])
-        if batch and arg.name not in shapes and data is None and dims:
-            if isinstance(dims[0], int) and dims[0] > 0 and dims[0] != batch:
-                raise UsageError(f"{where}: input {arg.name!r} has a fixed batch of {dims[0]}; --batch {batch} "
+    names = {a.name for a in session.get_inputs()}
+    if data is not None:
+        data = {k: v for k, v in data.items() if k in names}
+        if batch:
+            data = {k: _resize_batch(v, batch) for k, v in data.items()}
+    plan = plan_inputs(path, shapes, data)
+    if batch:
+        for name, roles in plan.roles.items():
+            if name in shapes:
+                continue
+            for axis, role in enumerate(roles):
+                if role is DimRole.BATCH:
+                    plan.shapes[name][axis] = batch
+        for sig in plan.signatures:
+            if sig.name not in shapes and sig.dims and isinstance(sig.dims[0], int) and sig.dims[0] > 0 \
+                    and sig.dims[0] != batch and sig.name not in plan.data:
+                raise UsageError(f"{where}: input {sig.name!r} has a fixed batch of {sig.dims[0]}; --batch {batch} "
                                  "needs a model with a dynamic first dimension")
-            shapes[arg.name] = [batch] + [d if isinstance(d, int) and d > 0 else 1 for d in dims[1:]]
-        dynamic = [str(d) for d in dims[1:] if not (isinstance(d, int) and d > 0)]  # dim 0: batch, 1 by default
-        if dynamic and arg.name not in shapes and data is None:
-            warnings.append(f"{where}: input {arg.name!r} has dynamic dims {dynamic} set to 1; "
-                            f"give --shape {arg.name}=... or --inputs for realistic timings")
-    if data is not None and batch:
-        data = {k: _resize_batch(v, batch) for k, v in data.items()}
-    return make_inputs(session, shapes, data)
+    wanted = [o.name for o in session.get_outputs()]
+    plan, feeds, _ = first_runnable(plan, lambda f: session.run(wanted, f))
+    generated = {n: item for n, item in plan.describe().items()
+                 if n not in plan.data and n not in shapes and any(plan.roles.get(n) or ())}
+    if generated:
+        note = "; ".join(f"{n} {'x'.join(map(str, item['shape']))} ({item['why']})" for n, item in generated.items())
+        text = f"{where}: generated inputs {note}"
+        if text not in warnings:
+            warnings.append(text)
+    return feeds
+
+
+def _shapes_of(feeds: dict) -> dict[str, list[int]]:
+    from graphopt.verify import shapes_of
+
+    return shapes_of(feeds)
 
 
 def _resize_batch(array: np.ndarray, batch: int) -> np.ndarray:
@@ -516,7 +537,7 @@ def bench(
                 session = create_session(path, providers, options)
                 create_s[i].append(time.perf_counter() - start)
                 if rep == 0 and per_model is not None:
-                    feeds.append(_feeds(session, shapes, batch, per_model[i], warnings, name))
+                    feeds.append(_feeds(path, session, shapes, batch, per_model[i], warnings, name))
                     _check_fallback(session, providers, name, warnings)
                 elif rep == 0:
                     sig = _signature(session)
@@ -525,14 +546,14 @@ def bench(
                         if data is not None and from_sample and not _fits(session, data):
                             usable = None  # the sample is for the first model: random data for this one
                             warnings.append(f"{name}: inputs differ from the sample's; random inputs used")
-                        by_signature[sig] = _feeds(session, shapes, batch, usable, warnings, name)
+                        by_signature[sig] = _feeds(path, session, shapes, batch, usable, warnings, name)
                     feeds.append(by_signature[sig])
                     _check_fallback(session, providers, name, warnings)
                 start = time.perf_counter()
                 try:
                     session.run(None, feeds[i])
                 except Exception as e:  # noqa: BLE001 - ORT raises several types for inputs it rejects
-                    shapes_given = {k: list(v.shape) for k, v in feeds[i].items()}
+                    shapes_given = _shapes_of(feeds[i])
                     raise InputError(f"{name}: ONNX Runtime cannot run the model on inputs {shapes_given} "
                                      f"({first_line(e)})") from e
                 first_s[i].append(time.perf_counter() - start)
@@ -549,7 +570,9 @@ def bench(
         results = []
         for i, (name, path, size, nodes) in enumerate(staged):
             mem: dict = {}
-            if memory:
+            if memory and not all(isinstance(v, np.ndarray) for v in feeds[i].values()):
+                warnings.append(f"{name}: memory not measured (sequence or optional inputs)")
+            elif memory:
                 feeds_path = workdir / f"feeds{i}.npz"
                 np.savez(feeds_path, **feeds[i])
                 mem = _memory_median([_memory(path, providers, threads, ort_level, str(feeds_path), memory_runs, spin)
@@ -575,7 +598,7 @@ def bench(
                     warnings.append(f"{name}: {fallback} node(s) fell back to CPUExecutionProvider")
     _add_ratios(results, times)
     return BenchResult(results, provider, providers, threads, ort_level, runs, warmup,
-                       {k: list(v.shape) for k, v in feeds[0].items()}, environment(), warnings, spin=spin)
+                       _shapes_of(feeds[0]), environment(), warnings, spin=spin)
 
 
 def _runner(session: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> Callable[[], object]:
@@ -585,7 +608,7 @@ def _runner(session: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> Call
 
 def _batch_of(feeds: dict[str, np.ndarray]) -> int:
     for value in feeds.values():
-        if value.ndim:
+        if isinstance(value, np.ndarray) and value.ndim:
             return int(value.shape[0])
     return 1
 

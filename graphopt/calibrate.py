@@ -2,7 +2,10 @@
 
 Data sources (`load_data`):
 
-1. An `.npz` with one array per graph input, samples along axis 0, and optionally `labels`.
+1. An `.npz` with one array per graph input, samples along the input's batch axis (axis 0,
+   or the axis of the model's batch dim, e.g. axis 1 of an LSTM state `[layers, batch, hidden]`),
+   and optionally `labels`. An input without a batch axis (a scalar such as a sample rate, a
+   fixed-shape setting) is given once, as the model takes it, and shared by every sample.
 2. A folder of `.npz` files (each one sample or batch, same keys as 1), or of `.npy` files
    for a single-input model (each file one sample, or a batch with the input's rank), or one
    sub-folder of `.npy` files per graph input name (files paired in sorted order).
@@ -11,14 +14,17 @@ Data sources (`load_data`):
    `Preprocess` spec (`resize`, `crop`, `scale`, `mean`, `std`, `layout`, `color`); without
    one, the model's input shape decides size, layout and channels, and pixels are scaled to
    [0, 1]. `labels.txt`/`labels.npy` as in 2.
-4. `"random"` or `"random:N"`: N synthetic samples. Calibrating on noise gives ranges that
-   say nothing about real inputs; the dataset carries a warning the report shows.
+4. `"random"` or `"random:N"`: N synthetic samples drawn by the input model
+   (graphopt.inputs: realistic sizes, integers within what the model accepts). Calibrating on
+   noise gives ranges that say nothing about real inputs; the dataset carries a warning the
+   report shows.
 5. A `dict` of arrays, or a `Dataset`.
 
 Every source is checked against the model's inputs: each graph input needs an array with
-its dtype kind and static dims, every array must name a graph input (or be `labels`), and
-all arrays hold the same number of samples. A mismatch is an `InputError` naming the file,
-the input, and what was expected.
+its dtype kind and static dims, every array must name a graph input (or be `labels`), all
+arrays hold the same number of samples, and float data holds no NaN or infinity (ranges and
+scores from them are garbage). A mismatch is an `InputError` naming the file, the input, and
+what was expected.
 
 Activation ranges are measured in `graphopt.ranges`; images are read by `graphopt.images`.
 """
@@ -28,6 +34,8 @@ from __future__ import annotations
 __all__ = [
     "Dataset",
     "InputSpec",
+    "batch_size_for",
+    "fixed_batch",
     "input_specs",
     "load_data",
 ]
@@ -56,11 +64,13 @@ LABELS = "labels"
 
 @dataclasses.dataclass(frozen=True)
 class InputSpec:
-    """A graph input: name, numpy dtype and dims (int for static, None for dynamic)."""
+    """A graph input: name, numpy dtype, dims (int for static, None for dynamic) and the axis
+    samples stack along (None: the input has no batch axis and is shared by all samples)."""
 
     name: str
     dtype: np.dtype
     shape: tuple[int | None, ...] | None
+    batch_axis: int | None = 0
 
     def describe(self) -> str:
         dims = "?" if self.shape is None else "x".join("?" if d is None else str(d) for d in self.shape)
@@ -69,39 +79,61 @@ class InputSpec:
 
 def input_specs(model: ir.Model) -> list[InputSpec]:
     """The model's real inputs (initializers listed as inputs excluded)."""
-    specs = []
-    for value in model.graph.inputs:
-        if value.name in model.graph.initializers:
-            continue
-        dtype = np.dtype(value.dtype.numpy()) if value.dtype is not None else np.dtype(np.float32)
-        shape = None if value.shape is None else tuple(d if isinstance(d, int) else None for d in value.shape)
-        specs.append(InputSpec(value.name, dtype, shape))
-    return specs
+    from graphopt.inputs import sample_axes, signatures
+
+    sigs = signatures(model)
+    axes = sample_axes(sigs)
+    return [InputSpec(s.name, s.dtype, None if s.dims is None else tuple(d if isinstance(d, int) else None
+                                                                           for d in s.dims), axes[s.name])
+            for s in sigs]
 
 
 @dataclasses.dataclass
 class Dataset:
-    """Samples for every graph input (axis 0 is the sample axis), optional labels, provenance."""
+    """Samples for every graph input, optional labels, provenance.
+
+    `axes` gives the axis samples stack along per input (default 0); an input whose axis is
+    None has no sample axis: the same array goes with every batch (a scalar setting)."""
 
     inputs: dict[str, np.ndarray]
     labels: np.ndarray | None = None
     source: str = "<arrays>"
     synthetic: bool = False
     notes: list[str] = dataclasses.field(default_factory=list)
+    axes: dict[str, int | None] = dataclasses.field(default_factory=dict)
+
+    def axis(self, name: str) -> int | None:
+        return self.axes.get(name, 0)
 
     def __len__(self) -> int:
-        return len(next(iter(self.inputs.values()))) if self.inputs else 0
+        for name, array in self.inputs.items():
+            axis = self.axis(name)
+            if axis is not None and np.ndim(array) > axis:
+                return int(np.shape(array)[axis])
+        return 1 if self.inputs else 0
+
+    def _take(self, name: str, array: np.ndarray, start: int, stop: int) -> np.ndarray:
+        axis = self.axis(name)
+        if axis is None:
+            return array
+        index = [slice(None)] * array.ndim
+        index[axis] = slice(start, stop)
+        return array[tuple(index)]
 
     def head(self, n: int) -> "Dataset":
         if n >= len(self):
             return self
-        return dataclasses.replace(self, inputs={k: v[:n] for k, v in self.inputs.items()},
+        return dataclasses.replace(self, inputs={k: self._take(k, v, 0, n) for k, v in self.inputs.items()},
                                    labels=None if self.labels is None else self.labels[:n])
 
     def batches(self, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
         """Consecutive batches; the last one is shorter unless the model fixes the batch size."""
         for start in range(0, len(self), batch_size):
-            yield {k: v[start:start + batch_size] for k, v in self.inputs.items()}
+            yield {k: self._take(k, v, start, start + batch_size) for k, v in self.inputs.items()}
+
+    def first(self) -> dict[str, np.ndarray]:
+        """One sample as the model takes it (what timing and placement run on)."""
+        return next(self.batches(1))
 
     def describe(self) -> dict:
         return {"source": self.source, "samples": len(self), "labels": self.labels is not None,
@@ -110,18 +142,27 @@ class Dataset:
 
 def batch_size_for(specs: Sequence[InputSpec], wanted: int = 32) -> int:
     """The model's fixed batch size if its inputs declare one, else `wanted`."""
+    fixed = fixed_batch(specs)
+    return wanted if fixed is None else fixed
+
+
+def fixed_batch(specs: Sequence[InputSpec]) -> int | None:
+    """The static size of the batch axis, if an input declares one."""
     for spec in specs:
-        if spec.shape and spec.shape[0] is not None:
-            return spec.shape[0]
-    return wanted
+        axis = spec.batch_axis
+        if spec.shape and axis is not None and axis < len(spec.shape) and spec.shape[axis] is not None:
+            return spec.shape[axis]
+    return None
 
 
 # ---------------------------------------------------------------- loading
 
 def load_data(source, model: ir.Model | Sequence[InputSpec], *, purpose: str = "calibration",
               preprocess: "Preprocess | str | None" = None, limit: int | None = None,
-              shapes: Mapping[str, Sequence[int]] | None = None, seed: int = 0) -> Dataset:
-    """A checked `Dataset` for the model's inputs from any supported source (see module doc)."""
+              shapes: Mapping[str, Sequence[int]] | None = None, seed: int = 0, inputs=None) -> Dataset:
+    """A checked `Dataset` for the model's inputs from any supported source (see module doc).
+
+    `inputs` (a graphopt.inputs.InputModel) draws random data; else one is made from `model`."""
     specs = input_specs(model) if isinstance(model, ir.Model) else list(model)
     if isinstance(preprocess, str):
         from graphopt.images import Preprocess  # images import this module
@@ -134,7 +175,7 @@ def load_data(source, model: ir.Model | Sequence[InputSpec], *, purpose: str = "
         data = _from_arrays(arrays, f"<{purpose} arrays>")
     elif isinstance(source, str) and re.fullmatch(r"random(:\d+)?", source):
         count = int(source.split(":")[1]) if ":" in source else DEFAULT_RANDOM_SAMPLES
-        data = _random(specs, count, shapes or {}, seed, purpose)
+        data = _random(model, specs, count, shapes or {}, seed, purpose, inputs)
     elif isinstance(source, (str, os.PathLike)):
         data = _from_path(pathlib.Path(source), specs, preprocess)
     else:
@@ -241,33 +282,42 @@ def _as_batch(array: np.ndarray, specs: Sequence[InputSpec], name: str, path: pa
     """A file holds one sample (rank one less than the input) or a batch (same rank)."""
     spec = next((s for s in specs if s.name == name), None)
     if spec is not None and spec.shape is not None and array.ndim == len(spec.shape) - 1:
-        return array[None]
+        return np.expand_dims(array, spec.batch_axis or 0)
     if array.ndim == 0:
         raise InputError(f"{path}: '{name}' is a scalar; expected a sample or a batch")
     return array
 
 
-def _random(specs: Sequence[InputSpec], count: int, shapes: Mapping[str, Sequence[int]], seed: int,
-            purpose: str) -> Dataset:
-    """`count` noise samples (rounded up to the model's fixed batch); dynamic dims are 1 unless `shapes` says."""
-    rng = np.random.default_rng(seed)
+def _random(model, specs: Sequence[InputSpec], count: int, shapes: Mapping[str, Sequence[int]], seed: int,
+            purpose: str, inputs=None) -> Dataset:
+    """`count` noise samples drawn by the input model (realistic sizes and integer values)."""
+    from graphopt.inputs import input_model
+
+    if inputs is None:
+        inputs = input_model(model if isinstance(model, ir.Model) else _interface(specs), shapes=shapes)
+    axes = {s.name: s.batch_axis for s in specs}
+    per_draw = fixed_batch(specs) or 1
+    draws = [inputs.feeds(seed=seed * 100003 + i) for i in range(-(-count // per_draw))]
     arrays = {}
     for spec in specs:
-        given = shapes.get(spec.name)
-        dims = list(given) if given else [1 if d is None else d for d in (spec.shape or (None,))]
-        fixed = spec.shape[0] if spec.shape and spec.shape[0] is not None else 1
-        total = -(-count // fixed) * fixed
-        shape = [total, *dims[1:]]
-        if np.issubdtype(spec.dtype, np.floating):
-            arrays[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
-        elif spec.dtype == np.bool_:
-            arrays[spec.name] = rng.integers(0, 2, size=shape).astype(np.bool_)
+        axis = axes.get(spec.name)
+        if axis is None or np.ndim(draws[0][spec.name]) <= axis:
+            arrays[spec.name] = draws[0][spec.name]
+            axes[spec.name] = None
         else:
-            arrays[spec.name] = rng.integers(0, 4, size=shape).astype(spec.dtype)
+            arrays[spec.name] = np.concatenate([d[spec.name] for d in draws], axis=axis)
     note = (f"{purpose} data is RANDOM ({count} samples of noise): ranges and accuracy from it say nothing "
             "about real inputs; give real data")
     logger.warning(note)
-    return Dataset(arrays, None, "random", synthetic=True, notes=[note])
+    return Dataset(arrays, None, "random", synthetic=True, notes=[note], axes=axes)
+
+
+def _interface(specs: Sequence[InputSpec]) -> ir.Model:
+    """A model with these inputs and nothing else, for the input model to plan from."""
+    values = [ir.Value(name=s.name, type=ir.TensorType(ir.DataType.from_numpy(s.dtype)),
+                       shape=None if s.shape is None else ir.Shape(list(s.shape)))
+              for s in specs]
+    return ir.Model(ir.Graph(values, [], nodes=[]), ir_version=8)
 
 
 def _check(data: Dataset, specs: Sequence[InputSpec], purpose: str) -> Dataset:
@@ -282,16 +332,28 @@ def _check(data: Dataset, specs: Sequence[InputSpec], purpose: str) -> Dataset:
     if unknown:
         raise InputError(f"{where}: array '{unknown[0]}' matches no graph input (graph inputs: {', '.join(names)}; "
                          f"only '{LABELS}' may be extra)")
-    inputs = {}
-    counts = {}
+    inputs, counts, axes = {}, {}, {}
     for spec in specs:
         array = np.asarray(data.inputs[spec.name])
-        inputs[spec.name] = _check_array(array, spec, where, data.notes)
-        counts[spec.name] = len(inputs[spec.name])
+        axis = data.axes.get(spec.name, spec.batch_axis) if data.synthetic else spec.batch_axis
+        if axis is not None and array.ndim <= axis:
+            axis = None
+        inputs[spec.name] = _check_array(array, spec, axis, where)
+        axes[spec.name] = axis
+        if axis is not None:
+            counts[spec.name] = array.shape[axis]
+    # A fixed-shape input given exactly as the model takes it, while the others hold more
+    # samples, is a setting shared by all of them (a zero state, a fixed table).
+    majority = max(set(counts.values()), key=list(counts.values()).count) if counts else 0
+    for spec in specs:
+        if (spec.name in counts and counts[spec.name] != majority and spec.shape is not None
+                and all(d is not None for d in spec.shape) and tuple(inputs[spec.name].shape) == spec.shape):
+            axes[spec.name] = None
+            del counts[spec.name]
     if len(set(counts.values())) > 1:
-        detail = ", ".join(f"{k}: {v}" for k, v in counts.items())
+        detail = ", ".join(f"{k}: {v} along axis {axes[k]}" for k, v in counts.items())
         raise InputError(f"{where}: inputs hold different sample counts ({detail})")
-    count = next(iter(counts.values()), 0)
+    count = next(iter(counts.values()), 1 if inputs else 0)
     if count == 0:
         raise InputError(f"{where}: {purpose} data holds no samples")
     labels = data.labels
@@ -302,10 +364,10 @@ def _check(data: Dataset, specs: Sequence[InputSpec], purpose: str) -> Dataset:
                              f"got {labels.dtype.name}{list(labels.shape)}")
         if len(labels) != count:
             raise InputError(f"{where}: {len(labels)} labels for {count} samples")
-    return dataclasses.replace(data, inputs=inputs, labels=labels)
+    return dataclasses.replace(data, inputs=inputs, labels=labels, axes=axes)
 
 
-def _check_array(array: np.ndarray, spec: InputSpec, where: str, notes: list[str]) -> np.ndarray:
+def _check_array(array: np.ndarray, spec: InputSpec, sample_axis: int | None, where: str) -> np.ndarray:
     want = spec.dtype
     if array.dtype != want:
         same_kind = (np.issubdtype(array.dtype, np.floating) and np.issubdtype(want, np.floating)) or (
@@ -313,20 +375,25 @@ def _check_array(array: np.ndarray, spec: InputSpec, where: str, notes: list[str
         if not same_kind:
             raise InputError(f"{where}: '{spec.name}' is {array.dtype.name}, but the graph input is {want.name}; "
                              f"convert the data (e.g. arr.astype(np.{want.name}))")
-        note = f"{where}: '{spec.name}' converted from {array.dtype.name} to {want.name}"
-        logger.info(note)
+        logger.info("%s: '%s' converted from %s to %s", where, spec.name, array.dtype.name, want.name)
         array = array.astype(want)
     if spec.shape is not None:
+        along = "no sample axis" if sample_axis is None else f"samples along axis {sample_axis}"
         if array.ndim != len(spec.shape):
             raise InputError(f"{where}: '{spec.name}' has shape {list(array.shape)}, but the graph input is "
-                             f"{spec.describe()} (rank {len(spec.shape)}, samples along axis 0)")
+                             f"{spec.describe()} (rank {len(spec.shape)}, {along})")
         for axis, (got, dim) in enumerate(zip(array.shape, spec.shape)):
-            if axis == 0 or dim is None:
+            if axis == sample_axis or dim is None:
                 continue
             if got != dim:
                 raise InputError(f"{where}: '{spec.name}' has shape {list(array.shape)}, but the graph input is "
                                  f"{spec.describe()} (dim {axis} is {got}, expected {dim})")
-        if spec.shape[0] is not None and len(array) % spec.shape[0]:
-            raise InputError(f"{where}: '{spec.name}' holds {len(array)} samples, not a multiple of the model's "
-                             f"fixed batch size {spec.shape[0]}")
+        fixed = spec.shape[sample_axis] if sample_axis is not None else None
+        if fixed is not None and array.shape[sample_axis] % fixed:
+            raise InputError(f"{where}: '{spec.name}' holds {array.shape[sample_axis]} samples, not a multiple of "
+                             f"the model's fixed batch size {fixed}")
+    if array.dtype.kind in "fc" and array.size and not np.isfinite(array).all():
+        bad = int(array.size - np.isfinite(array).sum())
+        raise InputError(f"{where}: '{spec.name}' holds {bad} NaN or infinite value(s); ranges and scores from "
+                         "them are meaningless: clean the data")
     return np.ascontiguousarray(array)

@@ -143,13 +143,21 @@ def _fits(shape: list, declared: list | None) -> bool:
 
 
 def _map_feeds(reference: dict[str, np.ndarray], model_inputs: list) -> tuple[dict | None, str]:
-    """The reference inputs, matched by position, for a model: (feeds, note) or (None, why)."""
+    """The reference inputs for a model, matched by name (else by position, for exporters that
+    name inputs differently): (feeds, note) or (None, why)."""
     if len(reference) != len(model_inputs):
         return None, f"signatures differ ({len(model_inputs)} inputs vs {len(reference)})"
-    feeds, notes = {}, []
-    for (ref_name, array), arg in zip(reference.items(), model_inputs):
-        from graphopt.verify import _ORT_TYPES
-
+    if {a.name for a in model_inputs} == set(reference):
+        pairs = [(reference[a.name], a) for a in model_inputs]
+        how = []
+    else:
+        pairs = list(zip(reference.values(), model_inputs))
+        how = ["inputs matched by position"]
+    feeds, notes = {}, how
+    for array, arg in pairs:
+        if not isinstance(array, np.ndarray):  # sequence and optional inputs are passed as they are
+            feeds[arg.name] = array
+            continue
         if _ORT_TYPES.get(arg.type) != array.dtype.type:
             return None, f"signatures differ ({arg.name}: {arg.type} vs {array.dtype})"
         if _fits(list(array.shape), arg.shape):
@@ -160,6 +168,14 @@ def _map_feeds(reference: dict[str, np.ndarray], model_inputs: list) -> tuple[di
         else:
             return None, f"signatures differ ({arg.name}: {arg.shape} vs {list(array.shape)})"
     return feeds, ", ".join(notes)
+
+
+_ORT_TYPES = {
+    "tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
+    "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int16)": np.int16, "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8, "tensor(uint16)": np.uint16, "tensor(uint32)": np.uint32,
+    "tensor(uint64)": np.uint64, "tensor(bool)": np.bool_, "tensor(string)": np.object_,
+}
 
 
 def _agreement(reference: list[np.ndarray], got: list[np.ndarray], rtol: float = 1e-3, atol: float = 1e-4) -> dict:
@@ -246,7 +262,7 @@ def compare(
     """Compare exports (paths) of one network; `optimize` adds the same after graphopt.optimize."""
     from graphopt.api import optimize as run_optimize
     from graphopt.bench import bench, display_names, resolve_provider, sample_data_for
-    from graphopt.verify import _session, load_npz, make_inputs, run_model
+    from graphopt.verify import _session, load_npz, run_model, runnable_inputs
 
     if len(models) < 2:
         raise UsageError("compare needs two or more models")
@@ -263,7 +279,14 @@ def compare(
         data = load_npz(sample_data_for(models[0]))
         warnings.append(f"inputs: {sample_data_for(models[0])} (sample data beside the first model)")
     sessions = [_session(str(m)) for m in models]
-    reference = make_inputs(sessions[0], shapes, data)
+    if data is not None:  # a sample file may hold expected outputs too
+        first = {a.name for a in sessions[0].get_inputs()}
+        data = {k: v for k, v in data.items() if k in first}
+    plan, reference = runnable_inputs(models[0], shapes, data)
+    described = {n: item for n, item in plan.describe().items() if n not in plan.data}
+    if described:
+        warnings.append("inputs: " + "; ".join(f"{n} {'x'.join(map(str, d['shape']))} ({d['why']})"
+                                               for n, d in described.items()))
     feeds, notes = [], []
     for session in sessions:
         mapped, note = _map_feeds(reference, session.get_inputs())

@@ -27,7 +27,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from graphopt.calibrate import Dataset, input_specs
+from graphopt.calibrate import Dataset, fixed_batch, input_specs
 from graphopt.errors import InputError, UsageError, first_line
 
 RANGE_METHODS = ("minmax", "percentile", "entropy")
@@ -100,8 +100,7 @@ TAP_BYTES = 256 << 20  # tapped tensors held per batch
 
 def _tap_batch(model: ir.Model, names: Sequence[str], most: int = 16) -> int:
     """A batch whose tapped tensors fit TAP_BYTES (unknown dims count as 64), or the model's fixed batch."""
-    specs = input_specs(model)
-    fixed = next((s.shape[0] for s in specs if s.shape and s.shape[0] is not None), None)
+    fixed = fixed_batch(input_specs(model))
     if fixed is not None:
         return fixed
     values = {v.name: v for v in model.graph.inputs}

@@ -72,6 +72,7 @@ class CompressOptions:
     eval_output: str | None = None
     preprocess: str | None = None
     shapes: dict | None = None
+    inputs: object = None  # graphopt.inputs.InputModel: the sizes random data and measurements use
     bn_source: object = None  # the original model, for the "bn" criterion
     measure: bool = True
     provider: str = "cpu"
@@ -333,7 +334,8 @@ def _evaluator(model: ir.Model, o: CompressOptions, warnings: list[str]) -> Eval
         warnings.append("compression: accuracy not measured (give --eval DATA.npz to see what pruning or "
                         "factorization costs, and --max-accuracy-drop to bound it)")
         return None
-    data = load_data(source, model, purpose="evaluation", preprocess=o.preprocess, shapes=o.shapes, seed=1)
+    data = load_data(source, model, purpose="evaluation", preprocess=o.preprocess, shapes=o.shapes, seed=1,
+                     inputs=o.inputs)
     warnings += [n for n in data.notes if n not in warnings]
     if o.eval is None:
         warnings.append("compression: accuracy measured on the calibration data (no --eval given): optimistic")
@@ -345,7 +347,8 @@ def _measure(reference: ir.Model, final: ir.Model, evaluator: Evaluator | None, 
     """Latency and memory, uncompressed vs compressed, interleaved in one process (`graphopt.bench`)."""
     from graphopt.bench import bench
 
-    feeds = {k: v[:1] for k, v in evaluator.data.inputs.items()} if evaluator is not None else None
+    feeds = (evaluator.data.first() if evaluator is not None
+             else o.inputs.feeds() if o.inputs is not None else None)
     try:
         measured = bench([reference, final], provider=o.provider, threads=o.threads, inputs=feeds, shapes=o.shapes,
                          runs=o.bench_runs, warmup=3, init_repeats=1, names=["uncompressed", "compressed"])

@@ -58,6 +58,7 @@ class LossyOptions:
     keep_float: Sequence[str] = ()
     eval_output: str | None = None
     shapes: dict | None = None
+    inputs: object = None  # graphopt.inputs.InputModel: the sizes random data and measurements use
     measure: bool = True  # latency and memory against the float model
     place_for_speed: bool = True  # int8: layers ORT runs slower in int8 stay float (measured)
     provider: str = "cpu"
@@ -132,12 +133,12 @@ def run_lossy(model: ir.Model, options: LossyOptions, progress: Callable[[str], 
     if options.calibration is not None:
         note("calibration data")
         calib = load_data(options.calibration, model, purpose="calibration", preprocess=options.preprocess,
-                          limit=options.calibration_samples, shapes=options.shapes)
+                          limit=options.calibration_samples, shapes=options.shapes, inputs=options.inputs)
         warnings += calib.notes
     evaluation = None
     if options.eval is not None:
         evaluation = load_data(options.eval, model, purpose="evaluation", preprocess=options.preprocess,
-                               shapes=options.shapes, seed=1)
+                               shapes=options.shapes, seed=1, inputs=options.inputs)
         warnings += [n for n in evaluation.notes if n not in warnings]
     elif calib is not None:
         evaluation = calib
@@ -151,7 +152,7 @@ def run_lossy(model: ir.Model, options: LossyOptions, progress: Callable[[str], 
         from passes.quantize_speed import place_for_speed
 
         note("int8: placement by speed")
-        speed = place_for_speed(model, builder.build, builder.candidates, {k: v[:1] for k, v in calib.inputs.items()},
+        speed = place_for_speed(model, builder.build, builder.candidates, calib.first(),
                                 options.provider, options.threads)
         builder.keep_float_for_speed(speed.kept_float)
     note(f"{options.mode}: build")
@@ -234,9 +235,7 @@ def _measure(reference: ir.Model, final: ir.Model, data: Dataset | None, options
         from graphopt.bench import bench
     except ImportError:  # pragma: no cover - bench ships with graphopt
         return {}
-    feeds = None
-    if data is not None:
-        feeds = {k: v[:1] for k, v in data.inputs.items()}
+    feeds = data.first() if data is not None else (options.inputs.feeds() if options.inputs is not None else None)
     try:
         measured = bench([reference, final], provider=options.provider, threads=options.threads, inputs=feeds,
                          shapes=options.shapes, runs=options.bench_runs, warmup=3, init_repeats=1,

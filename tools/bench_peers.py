@@ -130,7 +130,7 @@ def _session(path: pathlib.Path, threads: int) -> ort.InferenceSession:
 
 
 def _inputs(model: pathlib.Path, session: ort.InferenceSession) -> dict[str, np.ndarray]:
-    from graphopt.verify import make_inputs
+    from graphopt.verify import runnable_inputs
 
     data = None
     npz = model.with_suffix(".npz")
@@ -140,7 +140,7 @@ def _inputs(model: pathlib.Path, session: ort.InferenceSession) -> dict[str, np.
         names = {a.name for a in session.get_inputs()}
         if names <= set(arrays):
             data = {k: arrays[k] for k in names}
-    return make_inputs(session, data=data) if data else make_inputs(session)
+    return runnable_inputs(model, data=data)[1]
 
 
 def _agrees(ref: list[np.ndarray], got: list[np.ndarray]) -> tuple[bool, float]:
