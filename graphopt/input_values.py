@@ -138,24 +138,24 @@ def _follow(start: ir.Value, rule: ValueRule, budget: int = 256, integer: bool =
             elif op == "OneHot" and index == 0:
                 depth = constant_array(node.inputs[1])
                 if depth is not None and depth.size == 1:
-                    rule.bound(int(depth.reshape(-1)[0]) - offset, f"OneHot {node.name!r} depth")
+                    rule.bound(int(depth.reshape(-1)[0]) - offset, f"{_what(node)} depth")
             elif op == "Equal" and not rule.choices:
                 other = node.inputs[1 - index] if len(node.inputs) == 2 else None
                 const = constant_array(other)
                 if const is not None and const.size >= 1 and np.issubdtype(const.dtype, np.integer):
                     rule.choices = tuple(int(c) - offset for c in const.reshape(-1)[:4])
-                    rule.why = f"compared with {rule.choices[0] + offset} in {node.name!r}"
+                    rule.why = f"compared with {rule.choices[0] + offset} by {_what(node)}"
             elif (op, index) in _FLOAT_CHOICES and not rule.choices:
-                rule.choices, rule.why = (_FLOAT_CHOICES[op, index],), f"{op} {node.name!r} input {index}"
+                rule.choices, rule.why = (_FLOAT_CHOICES[op, index],), f"{_what(node)} input {index}"
             elif (op, index) in _FORMS or (op in _AXES_INPUT and index == 1):
                 rule.pattern = _FORMS.get((op, index), "positions")
-                rule.why = f"{op} {node.name!r} input {index}"
+                rule.why = f"{_what(node)} input {index}"
                 data = node.inputs[0]
                 if rule.pattern in ("split", "grid") and data is not None and data.is_graph_input():
                     rule.split_of = (data.name, attr_int(node, "axis", 0) if rule.pattern == "split" else 0)
             elif op in _SMALL and index in _SMALL[op] and (integer or op not in ("Div", "Mod")):
                 if rule.high > 3 or not rule.why:
-                    rule.low, rule.high, rule.why = 1, 3, f"{op} {node.name!r} takes it as a size"
+                    rule.low, rule.high, rule.why = 1, 3, f"{_what(node)} takes it as a size"
             if op in ("Add", "Sub") and len(node.inputs) == 2:
                 shift = constant_array(node.inputs[1 - index])
                 if (shift is not None and shift.size == 1 and np.issubdtype(shift.dtype, np.integer)
@@ -166,6 +166,14 @@ def _follow(start: ir.Value, rule: ValueRule, budget: int = 256, integer: bool =
             carried = _CARRY.get(op, ())
             if carried is None or index in carried:
                 stack.extend((out, offset) for out in node.outputs)
+
+
+def _what(node: ir.Node) -> str:
+    """`Gather 'emb/Gather_1'`, or `Gather on 'word_embeddings'` for an unnamed node."""
+    if node.name:
+        return f"{node.op_type} {node.name!r}"
+    data = node.inputs[0] if node.inputs else None
+    return f"{node.op_type} on {data.name!r}" if data is not None and data.name else node.op_type
 
 
 def _dim(value: ir.Value | None, axis: int) -> int | None:
@@ -185,7 +193,7 @@ def _bound_index(node: ir.Node, rule: ValueRule, offset: int) -> None:
     axis = attr_int(node, "axis", 0)
     size = _dim(node.inputs[0], axis)
     if size is not None:
-        rule.bound(size - offset, f"{node.op_type} {node.name!r} data has {size} on axis {axis}")
+        rule.bound(size - offset, f"{_what(node)} indexes {size} rows")
 
 
 def _bound_index_nd(node: ir.Node, rule: ValueRule, offset: int) -> None:
@@ -194,4 +202,4 @@ def _bound_index_nd(node: ir.Node, rule: ValueRule, offset: int) -> None:
     shape = static_shape(data) if data is not None else None
     if shape and len(shape) > batch_dims:
         size = min(shape[batch_dims:])
-        rule.bound(size - offset, f"{node.op_type} {node.name!r} data dims {list(shape)}")
+        rule.bound(size - offset, f"{_what(node)} indexes dims {list(shape)}")

@@ -277,8 +277,7 @@ def input_model(model: ir.Model, *, shapes: Mapping[str, Sequence[int]] | None =
     why: dict[str, str] = {}
     # 1-2: given shapes and data fix dims, and the symbols they name.
     for sig in sigs:
-        given = shapes.get(sig.name)
-        source = "--shape"
+        given, source = shapes.get(sig.name), "--shape"
         if sig.name in data:
             given, source = _shape_of(data[sig.name]), "given data"
         if given is None:
@@ -288,13 +287,14 @@ def input_model(model: ir.Model, *, shapes: Mapping[str, Sequence[int]] | None =
             raise InputError(f"{source} for {sig.name!r} has rank {len(given)} ({_show(given)}), but the graph "
                              f"input is {sig.describe()}")
         for d, declared in zip(given, sig.dims or ()):
-            if isinstance(declared, str) and not any(op in declared for op in "+-*/"):
+            if _is_symbol(declared):
                 symbols.setdefault(declared, d)
-        concrete[sig.name] = given
-        why[sig.name] = source
-    # 3: roles and sizes for the rest.
+        concrete[sig.name], why[sig.name] = given, source
+    # 3: roles and sizes for the rest; a symbol keeps one value wherever it appears.
     has_cache = any(_by_cache_name(s.name) for s in sigs)
     roles: dict[str, list[DimRole | None]] = {}
+    sized: dict[DimRole, int] = {}
+    totals: list[tuple[InputSignature, int]] = []
     for sig in sigs:
         if sig.name in concrete:
             continue
@@ -303,72 +303,54 @@ def input_model(model: ir.Model, *, shapes: Mapping[str, Sequence[int]] | None =
             continue
         dims: list[int | None] = []
         sig_roles: list[DimRole | None] = []
+        reasons = []
         for axis, declared in enumerate(sig.dims):
+            role = None
             if isinstance(declared, int):
-                dims.append(declared)
-                sig_roles.append(None)
-                continue
-            if isinstance(declared, str) and declared in symbols:
-                dims.append(symbols[declared])
-                sig_roles.append(None)
-                continue
-            role = classify(declared, axis, len(sig.dims), sig.dtype, sig.dims)
-            if role is DimRole.SEQUENCE and has_cache and not _by_cache_name(sig.name):
-                role = DimRole.NEW_TOKENS
-            dims.append(None)
+                size = declared
+            elif _is_symbol(declared) and declared in symbols:
+                size = symbols[declared]
+                reasons.append(f"{declared}: {size} as on another input")
+            else:
+                role = classify(declared, axis, len(sig.dims), sig.dtype, sig.dims)
+                if role is DimRole.SEQUENCE and has_cache and not _by_cache_name(sig.name):
+                    role = DimRole.NEW_TOKENS
+                if role is DimRole.TOTAL:
+                    totals.append((sig, axis))
+                    size = None
+                else:
+                    if role is DimRole.SPATIAL:
+                        size, reason = spatial_size(model, _input_value(model, sig.name))
+                    else:
+                        size, reason = ROLE_SIZES[role], _ROLE_REASON[role]
+                    sized[role] = size
+                    if _is_symbol(declared):
+                        symbols[declared] = size
+                    reasons.append(f"{_axis_name(declared, axis)}: {reason}")
+            dims.append(size)
             sig_roles.append(role)
         roles[sig.name] = sig_roles
         concrete[sig.name] = dims
-        why[sig.name] = ""
-    # Sizes per role; symbols keep one value wherever they appear.
-    value_of = {}
-    for sig in sigs:
-        sig_roles = roles.get(sig.name)
-        if not sig_roles:
-            continue
-        dims = concrete[sig.name]
-        reasons = []
-        for axis, role in enumerate(sig_roles):
-            if role is None or role is DimRole.TOTAL:
-                continue
-            declared = sig.dims[axis]
-            if isinstance(declared, str) and declared in symbols:
-                dims[axis] = symbols[declared]
-                continue
-            if role is DimRole.SPATIAL:
-                size, reason = spatial_size(model, _input_value(model, sig.name))
-            else:
-                size, reason = ROLE_SIZES[role], _ROLE_REASON[role]
-            dims[axis] = size
-            value_of[role] = size
-            if isinstance(declared, str) and declared:
-                symbols[declared] = size
-            reasons.append(f"{_axis_name(declared, axis)}: {reason}")
-        why[sig.name] = "; ".join(dict.fromkeys(reasons))
-    for sig in sigs:  # `a + b` dims and totals, once their parts are known
-        sig_roles = roles.get(sig.name)
-        if not sig_roles:
-            continue
-        dims = concrete[sig.name]
-        for axis, role in enumerate(sig_roles):
-            if role is not DimRole.TOTAL:
-                continue
-            declared = sig.dims[axis]
-            size = evaluate_expression(declared, symbols) if isinstance(declared, str) else None
-            if size is None:
-                size = value_of.get(DimRole.PAST, 0) + value_of.get(DimRole.NEW_TOKENS,
-                                                                      value_of.get(DimRole.SEQUENCE, 1))
-            dims[axis] = size
-            if isinstance(declared, str) and declared:
-                symbols.setdefault(declared, size)
-            why[sig.name] = "; ".join(filter(None, [why[sig.name], f"{_axis_name(declared, axis)}: past + new length"]))
+        why[sig.name] = "; ".join(dict.fromkeys(reasons)) or "declared"
+    for sig, axis in totals:  # `past + sequence` dims, once their parts are known
+        declared = sig.dims[axis]
+        size = evaluate_expression(declared, symbols) if isinstance(declared, str) else None
+        if size is None:
+            size = sized.get(DimRole.PAST, 0) + sized.get(DimRole.NEW_TOKENS, sized.get(DimRole.SEQUENCE, 1))
+        concrete[sig.name][axis] = size
+        if _is_symbol(declared):
+            symbols.setdefault(declared, size)
+        note = f"{_axis_name(declared, axis)}: {size}, past + new length"
+        why[sig.name] = note if why[sig.name] == "declared" else f"{why[sig.name]}; {note}"
     final = {name: [int(d) for d in dims] for name, dims in concrete.items()}
-    for sig in sigs:
-        if sig.name in shapes:
-            why[sig.name] = "--shape"
     plan = InputModel(sigs, final, why, value_rules(model), data, roles, seed)
     _refuse_huge(plan)
     return plan
+
+
+def _is_symbol(declared) -> bool:
+    """A named dim that is a plain symbol (not `a + b`)."""
+    return isinstance(declared, str) and bool(declared) and not any(op in declared for op in "+-*/")
 
 
 _ROLE_REASON = {

@@ -37,12 +37,12 @@ _MIN_IR_VERSION = 3
 def load(source: str | os.PathLike | onnx.ModelProto | ir.Model) -> ir.Model:
     """Return an `ir.Model` for a path, a ModelProto or an IR model (copied, never mutated)."""
     if isinstance(source, ir.Model):
-        return _forget_dropped_io(_copy_ir(source))
+        return _negative_dims_as_dynamic(_forget_dropped_io(_copy_ir(source)))
     if isinstance(source, onnx.ModelProto):
         _check_versions(source.ir_version, source.opset_import, "<ModelProto>")
-        return _forget_dropped_io(ir.serde.deserialize_model(source))
+        return _negative_dims_as_dynamic(_forget_dropped_io(ir.serde.deserialize_model(source)))
     if isinstance(source, (str, os.PathLike)):
-        return _forget_dropped_io(_load_path(pathlib.Path(source)))
+        return _negative_dims_as_dynamic(_forget_dropped_io(_load_path(pathlib.Path(source))))
     raise UsageError(f"cannot load a model from {type(source).__name__}: give a path, onnx.ModelProto or ir.Model")
 
 
@@ -74,6 +74,20 @@ def _forget_dropped_io(model: ir.Model) -> ir.Model:
             counter = getattr(values, "_ref_counter", None)
             if isinstance(counter, collections.Counter) and not isinstance(counter, _DroppingCounter):
                 values._ref_counter = _DroppingCounter(+counter)
+    return model
+
+
+def _negative_dims_as_dynamic(model: ir.Model) -> ir.Model:
+    """`dim_value: -1` (Paddle's batch dim) means "any size": make it an unnamed dynamic dim.
+
+    Read as an int, -1 looks static to every pass (a folded Shape would hold -1, which a
+    Reshape then reads as "infer this dim"); as a dynamic dim it stays dynamic in the output."""
+    for graph in (model.graph, *model.graph.subgraphs()):
+        values = [*graph.inputs, *graph.outputs, *(o for node in graph for o in node.outputs)]
+        for value in values:
+            shape = value.shape
+            if shape is not None and any(isinstance(d, int) and d < 0 for d in shape):
+                value.shape = ir.Shape([ir.SymbolicDim(None) if isinstance(d, int) and d < 0 else d for d in shape])
     return model
 
 

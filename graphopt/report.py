@@ -154,9 +154,18 @@ def _render_verification(console: Console, v: VerifyResult | None) -> None:
     if v is None:
         console.print("verification: [yellow]off[/yellow]")
         return
-    colour = {"passed": "green", "failed": "red", "skipped": "yellow"}[v.status]
-    console.print(f"verification: [{colour}]{v.status}[/{colour}]"
-                  f" (rtol {v.rtol:g}, atol {v.atol:g}, inputs {v.input_shapes})" + (f": {v.reason}" if v.reason else ""))
+    if v.status == "skipped":
+        console.print(f"verification: [bold yellow]NOT VERIFIED[/bold yellow]: {v.reason}")
+    else:
+        colour = {"passed": "green", "failed": "red"}[v.status]
+        levels = " and ".join(f"ORT optimizations {'off' if k == 'disabled' else 'at the default level'}"
+                              for k in v.levels) or "ONNX Runtime"
+        console.print(f"verification: [{colour}]{v.status}[/{colour}] with {levels} (rtol {v.rtol:g}, atol {v.atol:g})"
+                      + (f": {v.reason}" if v.reason else ""))
+    for name, item in v.inputs.items():
+        shape = "x".join(map(str, item.get("shape", []))) or "scalar"
+        why = "; ".join(filter(None, [item.get("why"), item.get("values")]))
+        console.print(f"  input {name} {shape}" + (f" ({why})" if why else ""))
     if v.outputs and (v.status == "failed" or len(v.outputs) <= 8):
         table = Table(show_header=True)
         for col in ("output", "max abs diff", "max rel diff", "ok"):
@@ -209,6 +218,10 @@ def to_markdown(report: Report) -> str:
         lines.append(f"| {p.name} | {p.runs} | {p.seconds * 1000:.1f} | {p.nodes_removed} | {p.nodes_added} | {counters} |")
     v = report.verification
     lines += ["", f"verification: {v.status if v else 'off'}" + (f" ({v.reason})" if v and v.reason else "")]
+    if v is not None:
+        lines += [f"- input `{n}` {'x'.join(map(str, i.get('shape', []))) or 'scalar'}"
+                  + (f": {'; '.join(filter(None, [i.get('why'), i.get('values')]))}" if i.get("why") or i.get("values")
+                     else "") for n, i in v.inputs.items()]
     for name, section in report.sections.items():
         lines += ["", f"## {name}", "", "```json", json.dumps(section, indent=2, default=_jsonable), "```"]
     return "\n".join(lines) + "\n"
