@@ -44,7 +44,7 @@ BERT = {"tiny": dict(vocab_size=512, hidden_size=64, num_hidden_layers=2, num_at
                      intermediate_size=1536, max_position_embeddings=512)}
 DISTILBERT = {"tiny": dict(vocab_size=512, dim=64, n_layers=2, n_heads=4, hidden_dim=128),
               "full": dict(vocab_size=30522, dim=384, n_layers=6, n_heads=12, hidden_dim=1536)}
-GPT2 = {"tiny": dict(vocab_size=512, n_embd=64, n_layer=2, n_head=4, n_positions=512),
+GPT2 = {"tiny": dict(vocab_size=512, n_embd=32, n_layer=2, n_head=2, n_positions=512),
         "full": dict(vocab_size=50257, n_embd=512, n_layer=4, n_head=8, n_positions=1024)}
 CLS, SEP = 101, 102  # BERT's [CLS]/[SEP] ids; [PAD] is 0
 
