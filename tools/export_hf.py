@@ -37,14 +37,14 @@ VERSIONS = versions("torch", "transformers", "onnx", "onnxruntime")
 EXPORTER = f"torch.onnx.export(dynamo=False) torch {torch.__version__}, transformers {VERSIONS['transformers']}"
 
 # (tiny, full) configurations. Tiny keeps the real structure and sample lengths but a
-# 512-token vocabulary, so the committed file stays under 1 MB.
+# 512-token vocabulary and 256 positions, so the committed files stay small.
 BERT = {"tiny": dict(vocab_size=512, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                     intermediate_size=128, max_position_embeddings=512),
+                     intermediate_size=128, max_position_embeddings=256),
         "full": dict(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
                      intermediate_size=1536, max_position_embeddings=512)}
-DISTILBERT = {"tiny": dict(vocab_size=512, dim=64, n_layers=2, n_heads=4, hidden_dim=128),
+DISTILBERT = {"tiny": dict(vocab_size=512, dim=64, n_layers=2, n_heads=4, hidden_dim=128, max_position_embeddings=256),
               "full": dict(vocab_size=30522, dim=384, n_layers=6, n_heads=12, hidden_dim=1536)}
-GPT2 = {"tiny": dict(vocab_size=512, n_embd=32, n_layer=2, n_head=2, n_positions=512),
+GPT2 = {"tiny": dict(vocab_size=512, n_embd=32, n_layer=2, n_head=2, n_positions=256),
         "full": dict(vocab_size=50257, n_embd=512, n_layer=4, n_head=8, n_positions=1024)}
 CLS, SEP = 101, 102  # BERT's [CLS]/[SEP] ids; [PAD] is 0
 
