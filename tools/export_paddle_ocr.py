@@ -44,7 +44,8 @@ P2O_MAJOR = int(paddle2onnx.__version__.split(".")[0])
 SUFFIX = "" if P2O_MAJOR >= 2 else "_p2o1"
 OPSET = 11  # PaddleOCR's documented --opset_version
 VERSIONS = versions("paddlepaddle", "paddle2onnx", "onnx", "onnxruntime")
-EXPORTER = f"paddle.jit.save + paddle2onnx.export (paddle {VERSIONS['paddlepaddle']}, paddle2onnx {VERSIONS['paddle2onnx']})"
+EXPORTER = (f"paddle.jit.save + paddle2onnx.export "
+            f"(paddle {VERSIONS['paddlepaddle']}, paddle2onnx {VERSIONS['paddle2onnx']})")
 MEAN, STD = np.float32(0.5), np.float32(0.5)  # PaddleOCR normalizes to [-1, 1]
 
 CRNN = {"tiny": dict(widths=(16, 32, 48, 48), hidden=32, classes=37, height=32, width=320),

@@ -179,8 +179,8 @@ def export_helper(core, feeds, path):
                                     halves, name=f"{tag}/Split", axis=1))
         sq = [n("Mul", [h, h], f"{h.split('/')[1]}2") for h in halves]
         mag = n("Sqrt", [n("Add", sq, "power")], "mag")
-        x = n("Relu", [n("Conv", [mag, const(f"{tag}.conv.w", w(mod.conv.weight)), const(f"{tag}.conv.b", w(mod.conv.bias))],
-                         "conv", pads=[1, 1], kernel_shape=[3])], "front")
+        wb = [const(f"{tag}.conv.w", w(mod.conv.weight)), const(f"{tag}.conv.b", w(mod.conv.bias))]
+        x = n("Relu", [n("Conv", [mag, *wb], "conv", pads=[1, 1], kernel_shape=[3])], "front")
         for i in (0, 2):
             conv = core.tail[i]
             x = n("Relu", [n("Conv", [x, const(f"tail.{i}.w", w(conv.weight)), const(f"tail.{i}.b", w(conv.bias))],
@@ -192,8 +192,10 @@ def export_helper(core, feeds, path):
     cond = node("Equal", ["sr", const("sr16k", np.array(16000, np.int64))], ["is_16k"])
     node("If", [cond], ["feat"], then_branch=front("sr16k", core.front16, []),
          else_branch=front("sr8k", core.front8, []))
-    # torch gate order i, f, g, o -> ONNX i, o, f, c
-    order = lambda t: np.concatenate([t[0:HIDDEN], t[3 * HIDDEN:], t[HIDDEN:2 * HIDDEN], t[2 * HIDDEN:3 * HIDDEN]])  # noqa: E731
+    def order(t):  # torch's gate order i, f, g, o -> ONNX's i, o, f, c
+        i, f, g, o = np.split(t, 4)
+        return np.concatenate([i, o, f, g])
+
     cell = core.cell
     x = node("Unsqueeze", ["feat", const("axis0", np.array([0], np.int64))], ["feat_seq"])
     h0 = node("Slice", ["state", const("zero", np.array([0], np.int64)), const("one", np.array([1], np.int64)),
@@ -254,7 +256,7 @@ def main():
         finish(path, exporter=how, versions=VERSIONS, feeds=feeds, expected=expected, second=second,
                probes={"sr 8000, 256 samples": at8k,
                        "sr 16000, 1 sample": {**feeds, "input": feeds["input"][:, :1]}},
-               notes={"sr": "0-d int64: 16000 (then-branch) or 8000 (else-branch); any other value takes the else-branch",
+               notes={"sr": "0-d int64: 16000 (then-branch) or 8000 (else-branch); any other value takes the else",
                       "state": "[2, batch, 128]: LSTM h and c; zeros at a stream's start, then the previous stateN",
                       "input": "float32 audio in [-1, 1]; 512 samples at 16 kHz, 256 at 8 kHz (longer chunks run "
                                "too; 1 sample fails in the reflect Pad, torch itself needs more than n_fft/2)",
