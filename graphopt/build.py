@@ -136,12 +136,12 @@ def build(config=None, *, only=None, jobs: int = 1, check: bool = False, force: 
     if progress and todo:
         progress.planned([t for _, t, _, _ in todo])
     by_index = {i: (t, fp) for i, t, fp, _ in todo}
-    jobs_list = [Job(i, t.name, str(t.source), str(t.output), t.kwargs, t.force, "; ".join(reasons))
+    jobs_list = [Job(i, t.name, str(t.source), str(t.output), t.kwargs, t.force, "; ".join(reasons), t.verify_optional)
                  for i, t, _, reasons in todo]
     for i, res in run_all(jobs_list, jobs or os.cpu_count() or 1, fail_fast, progress):
         t, fp = by_index[i]
         res.source, res.output = _label(t.source), _label(t.output)
-        if res.status == "built":
+        if res.status in ("built", "unverified"):
             manifest = manifests[t.output.parent]
             summary = {"bytes_before": res.bytes_before, "bytes_after": res.bytes_after,
                        "verification": res.verification, "accuracy_drop": res.accuracy_drop}

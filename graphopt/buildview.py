@@ -13,7 +13,7 @@ from rich.table import Table
 
 from graphopt.report import human_bytes
 
-_STYLE = {"built": "green", "up-to-date": "dim", "failed": "red", "error": "red", "stale": "yellow",
+_STYLE = {"built": "green", "unverified": "yellow", "up-to-date": "dim", "failed": "red", "error": "red", "stale": "yellow",
           "skipped": "yellow"}
 
 
@@ -103,6 +103,9 @@ def render_build(result, console: Console, err: Console, *, quiet: bool = False,
         if m.status == "stale":
             err.print(f"[yellow]stale:[/yellow] {escape(m.output)} ({escape(m.name)}): {escape(m.reason)}",
                       highlight=False, soft_wrap=True)
+        elif m.status == "unverified":
+            err.print(f"[yellow]unverified:[/yellow] {escape(m.name)}: {escape(m.message)}", highlight=False,
+                      soft_wrap=True)
         elif not m.ok:
             err.print(f"[red]{m.status}:[/red] {escape(m.name)}: {escape(m.message)}", highlight=False, soft_wrap=True)
             if debug and m.traceback:
@@ -125,7 +128,8 @@ def summary_line(result) -> str:
         return f"{stale} of {n} output(s) stale: run `graphopt build` and commit the results"
     if n and counts.get("up-to-date", 0) == n:
         return f"nothing to rebuild: all {n} output(s) up to date ({result.seconds:.2f} s)"
-    parts = [f"{counts[s]} {s}" for s in ("built", "up-to-date", "failed", "error", "skipped") if counts.get(s)]
+    parts = [f"{counts[s]} {s}" for s in ("built", "unverified", "up-to-date", "failed", "error", "skipped")
+             if counts.get(s)]
     return ", ".join(parts) + f" in {result.seconds:.2f} s"
 
 

@@ -62,6 +62,9 @@ def optimize(
     inputs: Optional[pathlib.Path] = typer.Option(None, "--inputs", help=".npz with one array per graph input."),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Compare outputs with the original in ORT."),
     force: bool = typer.Option(False, "--force", help="Write the output even if verification fails."),
+    require_verified: bool = typer.Option(False, "--require-verified",
+                                          help="Fail (exit 1, nothing written) when the model cannot be verified, "
+                                               "e.g. ONNX Runtime cannot run the original on any input tried."),
     rtol: float = typer.Option(1e-3, "--rtol"),
     atol: float = typer.Option(1e-4, "--atol", help="Absolute tolerance, scaled by max(1, |output|)."),
     fold_limit: float = typer.Option(1.0, "--fold-limit", help="Largest constant folding may create, in MB."),
@@ -149,6 +152,9 @@ def optimize(
                           provider=provider, threads=threads, measure=measure, bench=bench)
     report = result.report
     failed = report.verification is not None and report.verification.status == "failed"
+    if require_verified and verify and report.verification is not None and report.verification.status == "skipped":
+        failed = True
+        report.warnings.append("--require-verified: the model could not be verified")
     if failed and not force:
         report.warnings.append(f"verification failed: {out_path} not written (use --force to write it anyway)")
     else:

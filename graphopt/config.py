@@ -60,7 +60,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("outputs", "outputs", "list", "graph outputs to keep; the others become dead"),
     Setting("shape", "shapes", "shapes", 'input shapes: {input = [1, 3, 224, 224]} or ["input=1x3x224x224"]'),
     Setting("inputs", "inputs", "path", ".npz with one array per graph input, for verification"),
-    Setting("verify", "verify", "bool", "compare outputs with the original in ONNX Runtime"),
+    Setting("verify", "verify", "verify",
+            'compare outputs with the original in ONNX Runtime: true (a model that cannot be run fails the '
+            'build), "optional" (it is built, marked unverified) or false'),
     Setting("inference", "inference", "bool", "drop training-only leftovers (changes outputs on purpose)"),
     Setting("target-opset", "target_opset", "int", "convert the model to this opset"),
     Setting("rtol", "rtol", "float", "relative tolerance of verification"),
@@ -96,7 +98,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("force", None, "bool", "write the output even if verification fails (still exit 1)", False),
 )
 MODEL_KEYS = ("source", "output")  # besides the settings; `output` may also be a [defaults] pattern
-_KIND_NAMES = {"bool": "true or false", "int": "an integer", "float": "a number", "str": "a string", "number-or-str": "a number or a string",
+_KIND_NAMES = {"bool": "true or false", "verify": 'true, false or "optional"', "int": "an integer", "float": "a number", "str": "a string", "number-or-str": "a number or a string",
                "list": 'an array of strings such as ["a", "b"] (or "a,b")', "path": "a path (a string)",
                "data": 'a path (a string) or "random[:N]"',
                "shapes": 'a table such as {input = [1, 3, 224, 224]} or an array such as ["input=1x3x224x224"]'}
@@ -254,6 +256,7 @@ def convert(setting: Setting, value, fail) -> object:
     if isinstance(value, os.PathLike) and kind in ("str", "path", "data"):
         value = os.fspath(value)
     ok = {"bool": lambda v: isinstance(v, bool),
+          "verify": lambda v: isinstance(v, bool) or v == "optional",
           "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
           "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
           "str": lambda v: isinstance(v, str),

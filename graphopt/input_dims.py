@@ -14,7 +14,7 @@ writes it) gets a role, from its name first and from where it sits otherwise:
 
 Sizes: batch 1; a sequence 128 tokens, except the new tokens of a decoder that takes a
 key/value cache (1 token after a 128-token past); spatial 224 pixels, 640 for detectors
-(NonMaxSuppression, TopK or RoiAlign in the graph), rounded up to a multiple of the
+and dense predictors (`detector_like`), rounded up to a multiple of the
 stride the model divides the image by (a U-Net whose skip connections Concat after four
 stride-2 levels needs a multiple of 16); other dims 256. `alternatives(role)` gives the
 sizes the fallback search tries next.
@@ -120,8 +120,23 @@ def alternatives(role: DimRole) -> tuple[int, ...]:
     return _ALTERNATIVES.get(role, ())
 
 
+_DENSE_OUTPUT = re.compile(r"box|bbox|det|anchor|mask|seg|heatmap|prob_map")
+
+
 def detector_like(model: ir.Model) -> bool:
-    return any(n.op_type in _DETECTOR_OPS for n in model.graph.all_nodes())
+    """Detection or dense prediction: NMS/TopK/RoiAlign, outputs named like boxes or masks, or an
+    output that keeps the input's spatial dims (a segmentation or text-detection map)."""
+    if any(n.op_type in _DETECTOR_OPS for n in model.graph.all_nodes()):
+        return True
+    spatial = {d.value for v in model.graph.inputs if v.shape is not None and len(v.shape) == 4
+               for d in list(v.shape)[2:] if not isinstance(d, int) and d.value}
+    for out in model.graph.outputs:
+        if _DENSE_OUTPUT.search(out.name.lower()):
+            return True
+        dims = list(out.shape) if out.shape is not None else []
+        if len(dims) == 4 and spatial and {getattr(d, "value", None) for d in dims[2:]} & spatial:
+            return True
+    return False
 
 
 def round_up(size: int, multiple: int) -> int:

@@ -293,6 +293,7 @@ def input_model(model: ir.Model, *, shapes: Mapping[str, Sequence[int]] | None =
     # 3: roles and sizes for the rest; a symbol keeps one value wherever it appears.
     has_cache = any(_by_cache_name(s.name) for s in sigs)
     roles: dict[str, list[DimRole | None]] = {}
+    symbol_roles: dict[str, DimRole] = {}
     sized: dict[DimRole, int] = {}
     totals: list[tuple[InputSignature, int]] = []
     for sig in sigs:
@@ -310,6 +311,7 @@ def input_model(model: ir.Model, *, shapes: Mapping[str, Sequence[int]] | None =
                 size = declared
             elif _is_symbol(declared) and declared in symbols:
                 size = symbols[declared]
+                role = symbol_roles.get(declared)  # the fallback search resizes every dim of a symbol at once
                 reasons.append(f"{declared}: {size} as on another input")
             else:
                 role = classify(declared, axis, len(sig.dims), sig.dtype, sig.dims)
@@ -326,6 +328,7 @@ def input_model(model: ir.Model, *, shapes: Mapping[str, Sequence[int]] | None =
                     sized[role] = size
                     if _is_symbol(declared):
                         symbols[declared] = size
+                        symbol_roles[declared] = role
                     reasons.append(f"{_axis_name(declared, axis)}: {reason}")
             dims.append(size)
             sig_roles.append(role)

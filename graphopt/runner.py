@@ -21,7 +21,7 @@ import traceback
 
 from graphopt.errors import BudgetError, GraphoptError, VerificationError
 
-OK_STATUSES = ("built", "up-to-date")
+OK_STATUSES = ("built", "up-to-date", "unverified")
 
 
 @dataclasses.dataclass
@@ -29,7 +29,7 @@ class ModelResult:
     name: str
     source: str
     output: str
-    status: str  # built | up-to-date | failed | error | stale | skipped
+    status: str  # built | up-to-date | unverified | failed | error | stale | skipped
     reason: str = ""  # why it was (or, with check, would be) rebuilt
     message: str = ""  # what went wrong, for failed and error
     bytes_before: int | None = None
@@ -62,6 +62,7 @@ class Job:
     kwargs: dict
     force: bool
     reason: str
+    verify_optional: bool = False  # an unverifiable model is built as "unverified" instead of failing
 
 
 def run_all(jobs_list: list[Job], jobs: int, fail_fast: bool, progress):
@@ -154,17 +155,24 @@ def run_job(job: Job, step=None) -> ModelResult:
         res.bytes_before, res.bytes_after = report.file_bytes_before, report.file_bytes_after
         res.accuracy_drop = _accuracy_drop(report.sections)
         failed = v is not None and v.status == "failed"
+        unverified = v is not None and v.status == "skipped"
         if failed:
             bad = [f"{c.name} (max abs diff {c.max_abs_diff:.3g})" for c in v.outputs if not c.ok]
             res.status = "failed"
             res.message = "verification failed: " + (", ".join(bad) or v.reason)
+        elif unverified and not job.verify_optional:
+            failed = True
+            res.status = "failed"
+            res.message = f'not verified: {v.reason}; set verify = "optional" to build it unverified'
         if not failed or job.force:
             if notify:
                 notify("save")
             res.written = [str(p) for p in result.save(job.output)]
             # The input and its external data: what OptimizeResult.save refuses to overwrite.
             res.external_data = sorted(str(p) for p in result._protect if p != pathlib.Path(job.source).resolve())
-            res.status = "failed" if failed else "built"
+            res.status = "failed" if failed else "unverified" if unverified else "built"
+            if unverified:
+                res.message = f"not verified: {v.reason}"
         else:
             res.message += f"; {job.output} not written (set force = true to write it anyway)"
         res.warnings = list(report.warnings)

@@ -44,6 +44,7 @@ class Target:
     data_files: dict[str, pathlib.Path]  # files named by path settings, hashed into the cache key
     pass_names: list[str]  # the pipeline optimize() will run, for progress bars
     from_glob: bool = False
+    verify_optional: bool = False  # verify = "optional": a model ORT cannot run is built, marked unverified
 
 
 @dataclasses.dataclass
@@ -132,9 +133,12 @@ def load_config(config=None, *, overrides=None, base_dir=None) -> Config:
                     default = optimize_params()[setting.param].default if setting.param else setting.default
                     settings[setting.key] = _jsonable(default)
             force = bool(values["force"][0]) if "force" in values else False
+            verify_optional = kwargs.get("verify") == "optional"
+            if verify_optional:
+                kwargs["verify"] = True
             target_name = f"{name}/{source.stem}" if from_glob else name
             targets.append(Target(target_name, name, source, output, kwargs, force, settings, data_files,
-                                  pass_names, from_glob))
+                                  pass_names, from_glob, verify_optional))
     return Config(path, base, list(models), _check_outputs(doc, targets, base))
 
 

@@ -57,9 +57,10 @@ def bert_like(vocab: int = 100, hidden: int = 16, positions: int = 512, seed: in
     return _model(nodes, ids, [oh.make_tensor_value_info("hidden", T.FLOAT, ["batch", "sequence", hidden])], inits)
 
 
-def unet_like(levels: int = 4, width: int = 4, seed: int = 0, batch_dim="batch") -> onnx.ModelProto:
+def unet_like(levels: int = 4, width: int = 4, seed: int = 0, batch_dim="batch", dense: bool = True) -> onnx.ModelProto:
     """x [batch, 3, height, width]: `levels` stride-2 convs down, nearest Resize x2 up, and a
-    Concat with the skip at each level: height and width must be multiples of 2**levels."""
+    Concat with the skip at each level: height and width must be multiples of 2**levels.
+    With `dense` off the output is a global average, as a classifier's would be."""
     rng = np.random.default_rng(seed)
     inits, nodes = [], []
     current, channels, skips = "x", 3, []
@@ -80,8 +81,11 @@ def unet_like(levels: int = 4, width: int = 4, seed: int = 0, batch_dim="batch")
         inits.append(_init(f"up{i}.w", w))
         nodes.append(oh.make_node("Conv", [f"c{i}", f"up{i}.w"], [f"o{i}"], pads=[1, 1, 1, 1]))
         current, channels = f"o{i}", width
-    nodes.append(oh.make_node("Identity", [current], ["mask"]))
     x = oh.make_tensor_value_info("x", T.FLOAT, [batch_dim, 3, "height", "width"])
+    if not dense:
+        nodes.append(oh.make_node("GlobalAveragePool", [current], ["pooled"]))
+        return _model(nodes, [x], [oh.make_tensor_value_info("pooled", T.FLOAT, [batch_dim, width, 1, 1])], inits)
+    nodes.append(oh.make_node("Identity", [current], ["mask"]))
     return _model(nodes, [x], [oh.make_tensor_value_info("mask", T.FLOAT, [batch_dim, width, "height", "width"])],
                   inits)
 

@@ -305,7 +305,7 @@ CASES = [
     ("levle = 1", r"graphopt\.toml:7: models\.alpha\.levle: unknown key \(did you mean 'level'\?\)"),
     ('level = "2"', r'graphopt\.toml:7: models\.alpha\.level: expected an integer, got a string \("2"\)'),
     ("level = 9", r"models\.alpha\.level: expected one of 0, 1, 2"),
-    ("verify = 1", r"models\.alpha\.verify: expected true or false, got an integer \(1\)"),
+    ("verify = 1", r"models\.alpha\.verify: expected true, false or \"optional\", got an integer \(1\)"),
     ('skip = ["cs"]', r"models\.alpha\.skip: unknown pass 'cs' \(did you mean 'cse'\?\)"),
     ("skip = 3", r"models\.alpha\.skip: expected an array of strings"),
     ("fold_limit = 2", r"models\.alpha\.fold_limit: unknown key \(did you mean 'fold-limit'\?\)"),
@@ -470,7 +470,7 @@ def test_parallel_jobs_keep_config_order(project):
 
 # -- the settings table stays the one source of truth -------------------------------------------
 
-_KIND_PATTERNS = {"bool": r"\bbool\b", "int": r"\bint\b", "float": r"\bfloat\b", "str": r"\bstr\b",
+_KIND_PATTERNS = {"bool": r"\bbool\b", "verify": r"\bbool\b", "int": r"\bint\b", "float": r"\bfloat\b", "str": r"\bstr\b",
                   "number-or-str": r"\bfloat\b.*\bstr\b",
                   "list": r"(Sequence|list)\[str\]", "path": r"PathLike", "data": r"PathLike",
                   "shapes": r"dict\[str, list\[int\]\]"}
@@ -497,7 +497,9 @@ def test_every_optimize_cli_option_is_a_config_key():
 
     command = typer.main.get_command(cli.app).commands["optimize"]
     options = {opt[2:] for p in command.params for opt in p.opts if opt.startswith("--")}
-    not_settings = {"output", "json", "report", "help"}  # per run, not per model: `output` is a model key
+    # Per run, not per model: `output` is a model key; a build's `verify = true` already fails an
+    # unverifiable model, which is what --require-verified asks of one run.
+    not_settings = {"output", "json", "report", "help", "require-verified"}
     missing = sorted(options - not_settings - set(settings_table()))
     assert not missing, f"`graphopt optimize --{missing[0]}` has no graphopt.toml key: add it to SETTINGS"
 
@@ -505,3 +507,25 @@ def test_every_optimize_cli_option_is_a_config_key():
 def test_settings_table_has_one_entry_per_key():
     keys = [s.key for s in SETTINGS]
     assert len(keys) == len(set(keys)) and all(re.fullmatch(r"[a-z][a-z0-9-]*", k) for k in keys)
+
+
+def test_an_unverifiable_model_fails_the_build_unless_verify_is_optional(tmp_path, monkeypatch):
+    from tests.test_inputs import unrunnable
+
+    monkeypatch.chdir(tmp_path)
+    onnx.save(unrunnable(), tmp_path / "reshape91.onnx")
+    config = '[models.r]\nsource = "reshape91.onnx"\noutput = "out/r.onnx"\n'
+    (tmp_path / "graphopt.toml").write_text(config)
+    result = graphopt.build(tmp_path / "graphopt.toml")
+    (model,) = result.models
+    assert model.status == "failed" and "not verified" in model.message and 'verify = "optional"' in model.message
+    assert not (tmp_path / "out" / "r.onnx").exists()
+    (tmp_path / "graphopt.toml").write_text(config + 'verify = "optional"\n')
+    result = graphopt.build(tmp_path / "graphopt.toml")
+    (model,) = result.models
+    assert model.status == "unverified" and model.ok and model.verification == "skipped"
+    assert (tmp_path / "out" / "r.onnx").exists()
+    assert json.loads(result.to_json())["models"][0]["status"] == "unverified"
+    (tmp_path / "graphopt.toml").write_text(config + 'verify = "sometimes"\n')
+    with pytest.raises(ConfigError, match='true, false or "optional"'):
+        graphopt.build(tmp_path / "graphopt.toml")

@@ -45,10 +45,12 @@ def _old_inputs(model: onnx.ModelProto) -> dict:
     return feeds
 
 
+# Models that run on the old inputs, but at sizes that prove little (a 1-token cache, a 1-pixel line).
+RUN_ON_OLD_INPUTS = {"decoder_with_past", "paddle_like"}
 CASES = {
     # name: (builder, expected shapes)
     "bert_like": (X.bert_like, {"input_ids": [1, 128], "attention_mask": [1, 128], "token_type_ids": [1, 128]}),
-    "unet_like": (X.unet_like, {"x": [1, 3, 224, 224]}),
+    "unet_like": (X.unet_like, {"x": [1, 3, 640, 640]}),  # a dense predictor: timed at detector size
     "stateful_vad": (X.stateful_vad, {"input": [1, 256], "state": [2, 1, 8], "sr": []}),
     "decoder_with_past": (X.decoder_with_past, {"input_ids": [1, 1], "attention_mask": [1, 129],
                                                 "past_key": [1, 2, 128, 4], "past_value": [1, 2, 128, 4]}),
@@ -61,8 +63,11 @@ CASES = {
 def test_old_inputs_fail_and_default_optimize_verifies(name):
     build, shapes = CASES[name]
     model = build()
-    with pytest.raises(Exception):  # noqa: B017 - ORT raises several types; any refusal proves the point
+    if name in RUN_ON_OLD_INPUTS:
         _run(model, _old_inputs(model))
+    else:
+        with pytest.raises(Exception):  # noqa: B017 - ORT raises several types; any refusal proves the point
+            _run(model, _old_inputs(model))
     result = graphopt.optimize(model)
     v = result.report.verification
     assert v.status == "passed", v.reason
@@ -93,7 +98,7 @@ def test_decoder_takes_one_new_token_after_a_128_token_past_and_a_mask_of_both()
 
 def test_detector_size_is_640_and_a_multiple_of_the_stride():
     assert plan_inputs(X.detector_like()).shapes["images"] == [1, 3, 640, 640]
-    assert plan_inputs(X.unet_like(levels=6, width=2)).shapes["x"] == [1, 3, 256, 256]
+    assert plan_inputs(X.unet_like(levels=6, width=2, dense=False)).shapes["x"] == [1, 3, 256, 256]
 
 
 def test_fallback_finds_a_size_the_model_runs_at():
@@ -170,9 +175,9 @@ def test_minus_one_dims_are_dynamic_and_take_shape(tmp_path):
     assert [d.dim_value for d in fixed.to_onnx().graph.input[0].type.tensor_type.shape.dim] == [4, 3, 32, 100]
 
 
-@pytest.mark.parametrize("case", ["test_sequence_insert_at_back", "test_sequence_map_identity_1_sequence",
-                                  "test_optional_get_element_optional_sequence", "test_optional_has_element_tensor_input",
-                                  "test_identity_opt", "test_if_opt"])
+@pytest.mark.parametrize("case", ["test_identity_opt", "test_identity_sequence", "test_loop13_seq",
+                                  "test_loop16_seq_none", "test_sequence_insert_at_back",
+                                  "test_sequence_map_add_2_sequences"])
 def test_sequence_and_optional_inputs_are_generated(case):
     from tests.test_conformance import cases
 
@@ -207,9 +212,9 @@ def test_report_names_the_shapes_and_why(tmp_path):
     run = run_cli("optimize", path, "-o", tmp_path / "o.onnx", "--json")
     report = json.loads(run.stdout)
     item = report["verification"]["inputs"]["x"]
-    assert item["shape"] == [1, 3, 224, 224] and "stride 16" in item["why"]
+    assert item["shape"] == [1, 3, 640, 640] and "stride 16" in item["why"]
     run = run_cli("optimize", path, "-o", tmp_path / "o.onnx")
-    assert "input x 1x3x224x224" in run.stdout
+    assert "input x 1x3x640x640" in run.stdout
 
 
 def test_shape_names_must_be_inputs():
