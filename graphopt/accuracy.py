@@ -105,6 +105,18 @@ class Score:
                              for k, f in self.fidelity.items()}}
 
 
+def _join(chunks: list[np.ndarray], sizes: list[int]) -> np.ndarray:
+    """Batches of one output as one array, joined on its batch axis: the first axis whose size is
+    each batch's (a state output [layers, batch, hidden] joins on axis 1)."""
+    if not chunks or not chunks[0].ndim:
+        return np.stack(chunks)
+    for axis in range(chunks[0].ndim):
+        if all(c.ndim > axis and c.shape[axis] == n for c, n in zip(chunks, sizes)):
+            return np.concatenate(chunks, axis=axis) if axis == 0 else np.moveaxis(
+                np.concatenate(chunks, axis=axis), axis, 0)
+    return np.concatenate(chunks)
+
+
 def make_session(model, *, optimize: bool = True, threads: int = 0, providers=None):
     """An ORT session for a path, ModelProto or ir.Model, with ORT's full optimizations by
     default (lossy models are scored as they will run: fused int8 kernels, not emulation)."""
@@ -159,13 +171,15 @@ class Evaluator:
         session = make_session(model, threads=self.threads)
         names = [o.name for o in session.get_outputs()]
         chunks: dict[str, list[np.ndarray]] = {n: [] for n in names}
+        sizes = []
         try:
-            for feeds in self.data.batches(self.batch_size):
+            for start, feeds in zip(range(0, len(self.data), self.batch_size), self.data.batches(self.batch_size)):
+                sizes.append(min(self.batch_size, len(self.data) - start))
                 for name, value in zip(names, session.run(names, feeds)):
                     chunks[name].append(np.asarray(value))
         except Exception as e:  # noqa: BLE001 - ORT raises several unrelated types
             raise InputError(f"{self.data.source}: ONNX Runtime failed on the evaluation data: {e}") from e
-        return {n: np.concatenate(c) if c and c[0].ndim else np.stack(c) for n, c in chunks.items()}
+        return {n: _join(c, sizes) for n, c in chunks.items()}
 
     def score(self, outputs: dict[str, np.ndarray]) -> Score:
         got = outputs[self.output]

@@ -304,11 +304,10 @@ def _feeds(path: str, session: ort.InferenceSession, shapes: dict[str, list[int]
                                  "needs a model with a dynamic first dimension")
     wanted = [o.name for o in session.get_outputs()]
     plan, feeds, _ = first_runnable(plan, lambda f: session.run(wanted, f))
-    generated = {n: item for n, item in plan.describe().items()
-                 if n not in plan.data and n not in shapes and any(plan.roles.get(n) or ())}
+    generated = [s.name for s in plan.signatures
+                 if s.name not in plan.data and s.name not in shapes and any(plan.roles.get(s.name) or ())]
     if generated:
-        note = "; ".join(f"{n} {'x'.join(map(str, item['shape']))} ({item['why']})" for n, item in generated.items())
-        text = f"{where}: generated inputs {note}"
+        text = f"{where}: generated inputs {plan.explain(generated)}"
         if text not in warnings:
             warnings.append(text)
     return feeds

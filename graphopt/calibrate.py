@@ -93,7 +93,9 @@ class Dataset:
     """Samples for every graph input, optional labels, provenance.
 
     `axes` gives the axis samples stack along per input (default 0); an input whose axis is
-    None has no sample axis: the same array goes with every batch (a scalar setting)."""
+    None has no sample axis: the same array goes with every batch (a scalar setting). An input
+    in `repeated` holds one sample that every sample shares (a zero state given once): it is
+    repeated along its axis to each batch's size."""
 
     inputs: dict[str, np.ndarray]
     labels: np.ndarray | None = None
@@ -101,6 +103,7 @@ class Dataset:
     synthetic: bool = False
     notes: list[str] = dataclasses.field(default_factory=list)
     axes: dict[str, int | None] = dataclasses.field(default_factory=dict)
+    repeated: frozenset[str] = frozenset()
 
     def axis(self, name: str) -> int | None:
         return self.axes.get(name, 0)
@@ -108,7 +111,7 @@ class Dataset:
     def __len__(self) -> int:
         for name, array in self.inputs.items():
             axis = self.axis(name)
-            if axis is not None and np.ndim(array) > axis:
+            if axis is not None and np.ndim(array) > axis and name not in self.repeated:
                 return int(np.shape(array)[axis])
         return 1 if self.inputs else 0
 
@@ -116,6 +119,8 @@ class Dataset:
         axis = self.axis(name)
         if axis is None:
             return array
+        if name in self.repeated:
+            return np.repeat(array, min(stop, len(self)) - start, axis=axis)
         index = [slice(None)] * array.ndim
         index[axis] = slice(start, stop)
         return array[tuple(index)]
@@ -342,13 +347,19 @@ def _check(data: Dataset, specs: Sequence[InputSpec], purpose: str) -> Dataset:
         axes[spec.name] = axis
         if axis is not None:
             counts[spec.name] = array.shape[axis]
-    # A fixed-shape input given exactly as the model takes it, while the others hold more
-    # samples, is a setting shared by all of them (a zero state, a fixed table).
-    majority = max(set(counts.values()), key=list(counts.values()).count) if counts else 0
+    # An input given for one sample while the others hold more is shared by all of them: a
+    # fixed-shape setting as the model takes it, or a zero state given once (repeated per batch).
+    majority = max(counts.values(), default=0)
+    repeated = set()
     for spec in specs:
-        if (spec.name in counts and counts[spec.name] != majority and spec.shape is not None
-                and all(d is not None for d in spec.shape) and tuple(inputs[spec.name].shape) == spec.shape):
+        if spec.name not in counts or counts[spec.name] == majority:
+            continue
+        if spec.shape is not None and all(d is not None for d in spec.shape) and \
+                tuple(inputs[spec.name].shape) == spec.shape:
             axes[spec.name] = None
+            del counts[spec.name]
+        elif counts[spec.name] == 1:
+            repeated.add(spec.name)
             del counts[spec.name]
     if len(set(counts.values())) > 1:
         detail = ", ".join(f"{k}: {v} along axis {axes[k]}" for k, v in counts.items())
@@ -364,7 +375,7 @@ def _check(data: Dataset, specs: Sequence[InputSpec], purpose: str) -> Dataset:
                              f"got {labels.dtype.name}{list(labels.shape)}")
         if len(labels) != count:
             raise InputError(f"{where}: {len(labels)} labels for {count} samples")
-    return dataclasses.replace(data, inputs=inputs, labels=labels, axes=axes)
+    return dataclasses.replace(data, inputs=inputs, labels=labels, axes=axes, repeated=frozenset(repeated))
 
 
 def _check_array(array: np.ndarray, spec: InputSpec, sample_axis: int | None, where: str) -> np.ndarray:
@@ -396,4 +407,4 @@ def _check_array(array: np.ndarray, spec: InputSpec, sample_axis: int | None, wh
         bad = int(array.size - np.isfinite(array).sum())
         raise InputError(f"{where}: '{spec.name}' holds {bad} NaN or infinite value(s); ranges and scores from "
                          "them are meaningless: clean the data")
-    return np.ascontiguousarray(array)
+    return np.require(array, requirements="C")  # ascontiguousarray would make a 0-d array 1-d

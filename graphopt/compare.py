@@ -283,10 +283,9 @@ def compare(
         first = {a.name for a in sessions[0].get_inputs()}
         data = {k: v for k, v in data.items() if k in first}
     plan, reference = runnable_inputs(models[0], shapes, data)
-    described = {n: item for n, item in plan.describe().items() if n not in plan.data}
-    if described:
-        warnings.append("inputs: " + "; ".join(f"{n} {'x'.join(map(str, d['shape']))} ({d['why']})"
-                                               for n, d in described.items()))
+    generated = [s.name for s in plan.signatures if s.name not in plan.data]
+    if generated:
+        warnings.append("inputs: " + plan.explain(generated))
     feeds, notes = [], []
     for session in sessions:
         mapped, note = _map_feeds(reference, session.get_inputs())

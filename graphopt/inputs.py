@@ -173,6 +173,16 @@ class InputModel:
             out[sig.name] = item
         return out
 
+    def explain(self, names=None) -> str:
+        """`input 1x256 (batch 1; samples: 256); sr scalar (one of [16000] ...)` for notes and warnings."""
+        parts = []
+        for name, item in self.describe().items():
+            if names is not None and name not in names:
+                continue
+            why = "; ".join(filter(None, [item.get("why"), item.get("values")]))
+            parts.append(f"{name} {_show(item['shape'])}" + (f" ({why})" if why else ""))
+        return "; ".join(parts)
+
     def summary(self) -> str:
         """`input_ids 1x128 (sequence 128 tokens), pixel 1x3x224x224 (given)` for one-line messages."""
         return ", ".join(f"{s.name} {'x'.join(map(str, self.shapes.get(s.name, []))) or 'scalar'}"

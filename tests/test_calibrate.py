@@ -221,3 +221,45 @@ def test_entropy_clips_a_long_tail_but_keeps_the_bulk():
 def test_unknown_method_is_a_usage_error():
     with pytest.raises(UsageError, match="calibration method"):
         collect_ranges(relu_model(), ["r"], Dataset({"x": np.ones((1, 3, 4, 4), np.float32)}), method="mse")
+
+
+def _vad_specs():
+    from graphopt.calibrate import input_specs
+    from graphopt import io
+    from tests.exporter_shapes import stateful_vad
+
+    return input_specs(io.load(stateful_vad()))
+
+
+def test_scalar_inputs_are_shared_and_state_inputs_stack_on_their_batch_axis():
+    specs = _vad_specs()
+    assert [(s.name, s.batch_axis) for s in specs] == [("input", 0), ("state", 1), ("sr", None)]
+    data = load_data({"input": np.ones((5, 64), np.float32), "state": np.zeros((2, 5, 8), np.float32),
+                      "sr": np.array(16000, np.int64)}, specs)
+    assert len(data) == 5
+    batches = list(data.batches(2))
+    assert [b["state"].shape for b in batches] == [(2, 2, 8), (2, 2, 8), (2, 1, 8)]
+    assert all(b["sr"].shape == () and int(b["sr"]) == 16000 for b in batches)
+    assert data.first()["input"].shape == (1, 64)
+
+
+def test_a_state_given_once_is_repeated_for_every_sample():
+    data = load_data({"input": np.ones((5, 64), np.float32), "state": np.zeros((2, 1, 8), np.float32),
+                      "sr": np.array(16000, np.int64)}, _vad_specs())
+    assert len(data) == 5 and [b["state"].shape for b in data.batches(3)] == [(2, 3, 8), (2, 2, 8)]
+
+
+def test_non_finite_calibration_data_is_refused():
+    bad = np.ones((4, 1, 8, 8), np.float32)
+    bad[2, 0, 3, 3] = np.inf
+    with pytest.raises(InputError, match="1 NaN or infinite"):
+        load_data({"input": bad}, SPECS)
+
+
+def test_random_data_follows_the_input_model():
+    from graphopt import io
+    from tests.exporter_shapes import bert_like
+
+    data = load_data("random:3", io.load(bert_like(vocab=30)))
+    assert data.inputs["input_ids"].shape == (3, 128) and data.inputs["input_ids"].max() < 30
+    assert data.inputs["token_type_ids"].max() <= 1
