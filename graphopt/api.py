@@ -180,6 +180,7 @@ def optimize(
     # What every run of the model uses (verification, measurements, random calibration data):
     # planned on the model as given, before any pass changes it.
     plan = plan_inputs(working, shapes, data)
+    options.inputs = plan
     # The original's reference run needs nothing from the passes: it runs on the other core
     # meanwhile (ORT reads the file and releases the GIL). Only from a path (an in-memory
     # source may share lazily loaded tensors with `working`), never for big models (which

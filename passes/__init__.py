@@ -54,7 +54,9 @@ _SPECS = [
     PassSpec("fuse_parallel",
              _lazy("fuse_parallel", "FuseParallelPass", provider=lambda o: o.extra.get("provider", "cpu"),
                    threads=lambda o: o.extra.get("threads"), measure=lambda o: o.extra.get("measure", True),
-                   shapes=lambda o: o.shapes, log=lambda o: o.extra.setdefault("fuse_parallel", [])),
+                   shapes=lambda o: o.inputs.shapes if o.inputs is not None else o.shapes,
+                   feeds=lambda o: o.inputs.feeds() if o.inputs is not None else None,
+                   log=lambda o: o.extra.setdefault("fuse_parallel", [])),
              "Merge parallel Conv/Gemm/MatMul reading one tensor (concatenated weights + Split) where "
              "timing both forms in ORT on the target provider shows it pays (a cost model with --no-measure)."),
 ]

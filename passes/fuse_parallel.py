@@ -262,13 +262,14 @@ class FuseParallelPass(ir.passes.InPlacePass):
     """
 
     def __init__(self, decide=None, *, guard=None, provider: str = "cpu", threads: int | None = None,
-                 measure: bool = True, shapes: dict[str, list[int]] | None = None, log: list[dict] | None = None):
+                 measure: bool = True, shapes: dict[str, list[int]] | None = None, log: list[dict] | None = None,
+                 feeds: dict | None = None):
         from passes import fuse_parallel_decide as fpd
 
         self.decide = decide or (fpd.MeasuredDecider(provider, threads, shapes=shapes) if measure
-                                 else fpd.CostModelDecider(provider, threads))
+                                 else fpd.CostModelDecider(provider, threads, shapes=shapes))
         if guard is None and decide is None and measure:
-            guard = fpd.WholeModelGuard(provider, threads, shapes=shapes)
+            guard = fpd.WholeModelGuard(provider, threads, shapes=shapes, feeds=feeds)
         self.guard = guard or None  # guard=False: no whole-model check
         self.log = log if log is not None else []
         self._counted: set[str] = set()

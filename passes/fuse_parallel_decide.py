@@ -302,8 +302,9 @@ class CostModelDecider:
     """
 
     def __init__(self, provider: str = "cpu", threads: int | None = None, *, max_rows: int = 32, narrow: int = 64,
-                 many: int = 4):
+                 many: int = 4, shapes: dict[str, list[int]] | None = None):
         self.threads = threads
+        self.shapes = shapes  # the input model's: rows are counted at the sizes the model is used at
         self.provider = (provider or "cpu").lower()
         self.max_rows = max_rows
         self.narrow = narrow
@@ -314,7 +315,7 @@ class CostModelDecider:
             return Decision(True, None, "cost model", "accelerator: fewer kernel launches")
         if cand.kind == "Conv":
             return Decision(False, None, "cost model", "CPU: merged Conv + Split rarely pays (NCHWc reorders)")
-        dims, _ = concrete(cand.input.shape, _dim_env(model, None))
+        dims, _ = concrete(cand.input.shape, _dim_env(model, self.shapes))
         if cand.kind == "Gemm" and dims and cand.key[1]:  # transA: rows are the second dim
             rows = dims[-1]
         else:
@@ -329,11 +330,13 @@ class CostModelDecider:
 class WholeModelGuard:
     """Time the whole model with and without the accepted fusions; keep them only if faster."""
 
-    def __init__(self, provider: str = "cpu", threads: int | None = None, *, shapes=None, budget_s: float = 4.0):
+    def __init__(self, provider: str = "cpu", threads: int | None = None, *, shapes=None, budget_s: float = 4.0,
+                 feeds: dict | None = None):
         self.providers = resolve_provider(provider)
         self.threads = threads
         self.shapes = shapes
         self.budget_s = budget_s
+        self.feeds = feeds  # the input model's (graphopt.inputs): integers the model accepts
         self._seen: dict[tuple, GuardVerdict] = {}
 
     def __call__(self, model: ir.Model, accepted: list[Candidate]) -> GuardVerdict:
@@ -350,7 +353,9 @@ class WholeModelGuard:
         apply_all(copy, list(names))
         fused = ir.serde.serialize_model(copy)
         env = _dim_env(model, self.shapes)
-        feeds = _whole_feeds(model, env)
+        names = {v.name for v in model.graph.inputs if v.name not in model.graph.initializers}
+        feeds = ({k: v for k, v in self.feeds.items() if k in names}
+                 if self.feeds is not None and names <= set(self.feeds) else _whole_feeds(model, env))
         try:
             ta, tb, same = time_pair(separate.SerializeToString(), fused.SerializeToString(), feeds,
                                      self.providers, self.threads, budget_s=self.budget_s, min_runs=5,
