@@ -281,7 +281,8 @@ def sample_data_for(path: str | os.PathLike) -> pathlib.Path | None:
 def _feeds(path: str, session: ort.InferenceSession, shapes: dict[str, list[int]], batch: int | None,
            data: dict[str, np.ndarray] | None, warnings: list[str], where: str) -> dict[str, np.ndarray]:
     """The given data (resized to `batch`), else the input model's inputs that the session runs."""
-    from graphopt.inputs import DimRole, first_runnable
+    from graphopt.input_dims import DimRole
+    from graphopt.input_search import first_runnable
     from graphopt.verify import plan_inputs
 
     names = {a.name for a in session.get_inputs()}

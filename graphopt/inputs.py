@@ -15,27 +15,24 @@ Values: floats are standard normal; integers and booleans follow `graphopt.input
 (indices within their tables, `Equal` constants, small positive sizes, masks, positions).
 Sequence inputs get two tensors, optional inputs a tensor.
 
-Fallback (`first_runnable`): when ONNX Runtime cannot run the model on these inputs, other
-sizes (per role: `input_dims.alternatives`) and narrower integer ranges are tried, a few at a
-time, before giving up with a message that names what was tried and how to pass data.
+When ONNX Runtime cannot run the model on these inputs, `graphopt.input_search` tries others.
 Declared dims so large that the inputs could not fit in memory are refused up front.
 """
 
 from __future__ import annotations
 
-__all__ = ["InputModel", "InputSignature", "NotRunnable", "first_runnable", "input_model", "sample_axes", "signatures"]
+__all__ = ["InputModel", "InputSignature", "input_model", "sample_axes", "signatures"]
 
 import dataclasses
 import logging
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import onnx_ir as ir
 
-from graphopt.errors import InputError, UsageError, first_line
+from graphopt.errors import InputError, UsageError
 from graphopt.input_dims import (
-    ROLE_SIZES, DimRole, alternatives, classify, evaluate_expression, spatial_size,
+    ROLE_SIZES, DimRole, classify, evaluate_expression, spatial_size,
 )
 from graphopt.input_values import ValueRule, value_rules
 
@@ -194,43 +191,6 @@ class InputModel:
             count = int(np.prod(self.shapes.get(sig.name, []), dtype=np.float64))
             total += count * max(sig.dtype.itemsize, 1) * (SEQUENCE_LENGTH if sig.kind.endswith("sequence") else 1)
         return total
-
-    def variants(self) -> list[tuple[str, "InputModel"]]:
-        """Other input models the fallback search tries, most plausible first."""
-        out = []
-        by_role: dict[DimRole, list[tuple[str, int]]] = {}
-        for name, roles in self.roles.items():
-            for axis, role in enumerate(roles):
-                if role is not None:
-                    by_role.setdefault(role, []).append((name, axis))
-        order = [DimRole.SPATIAL, DimRole.SEQUENCE, DimRole.PAST, DimRole.FEATURES, DimRole.CHANNELS, DimRole.BATCH]
-        for role in order:
-            for size in alternatives(role):
-                variant = self._resized(by_role.get(role, []), size)
-                if variant is not None:
-                    out.append((f"{role.value} {size}", variant))
-        ints = [n for n, r in self.rules.items() if not r.choices and not r.pattern and n not in self.data]
-        if ints:
-            for low, high, label in ((0, 1, "integers 0"), (1, 2, "integers 1")):
-                rules = {**self.rules, **{n: dataclasses.replace(self.rules[n], low=low, high=high) for n in ints}}
-                out.append((label, dataclasses.replace(self, rules=rules)))
-        ones = {s.name: [1] * len(self.shapes[s.name]) for s in self.signatures if s.name not in self.data}
-        if ones and any(self.shapes[n] != v for n, v in ones.items()):
-            out.append(("every dim 1", dataclasses.replace(self, shapes={**self.shapes, **ones})))
-        return out
-
-    def _resized(self, places: list[tuple[str, int]], size: int) -> "InputModel | None":
-        if not places:
-            return None
-        shapes = {k: list(v) for k, v in self.shapes.items()}
-        changed = False
-        for name, axis in places:
-            if name in self.data:
-                continue
-            changed |= shapes[name][axis] != size
-            shapes[name][axis] = size
-        return dataclasses.replace(self, shapes=shapes) if changed else None
-
 
 def _draw(rng: np.random.Generator, dtype: np.dtype, shape: list[int], rule: ValueRule | None):
     if dtype == object:
@@ -417,55 +377,3 @@ def _human(n: float) -> str:
             return f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} EiB"
-
-
-class NotRunnable(InputError):
-    """ONNX Runtime cannot run the model on any input the search tried."""
-
-
-def first_runnable(plan: InputModel, run: Callable[[dict], object], *, budget_s: float = 60.0,
-                   max_tries: int = 12) -> tuple[InputModel, dict, object]:
-    """(input model, feeds, run's result) for the first input model `run` accepts.
-
-    `run(feeds)` raises when ORT cannot run the model on them. Given data is never changed;
-    when every input is given, only that is tried.
-    """
-    start = time.perf_counter()
-    candidates = [("as planned", plan)]
-    if len(plan.data) < len(plan.signatures):
-        candidates += plan.variants()
-    errors = []
-    for label, candidate in candidates[:max_tries]:
-        if errors and time.perf_counter() - start > budget_s:
-            break
-        try:
-            candidate_feeds = candidate.feeds()
-        except (ValueError, MemoryError) as e:
-            errors.append((label, candidate, e))
-            continue
-        try:
-            result = run(candidate_feeds)
-        except Exception as e:  # noqa: BLE001 - ORT raises several types for inputs it rejects
-            errors.append((label, candidate, e))
-            logger.debug("inputs %s (%s): %s", label, candidate.summary(), first_line(e))
-            continue
-        if errors:
-            candidate.tried = [f"{lbl} ({c.summary()}): {first_line(e)}" for lbl, c, e in errors]
-            candidate.why = {**candidate.why, **{n: (w + "; " if w else "") + f"found by trying ({label})"
-                                                 for n, w in candidate.why.items() if n not in candidate.data}}
-        return candidate, candidate_feeds, result
-    label, first, error = errors[0]
-    tried = "; ".join(f"{c.summary()}" for _, c, _ in errors[:4])
-    more = f" and {len(errors) - 4} more" if len(errors) > 4 else ""
-    hint = ("check the given data" if len(plan.data) == len(plan.signatures) else
-            "give real inputs with --inputs DATA.npz (one array per graph input) or sizes with --shape NAME=DIMS")
-    raise NotRunnable(f"ONNX Runtime cannot run the model on {_culprit(error, plan)}inputs {first.summary()}: "
-                      f"{first_line(error)} (also tried {tried}{more}); {hint}" if len(errors) > 1 else
-                      f"ONNX Runtime cannot run the model on {_culprit(error, plan)}inputs {first.summary()}: "
-                      f"{first_line(error)}; {hint}")
-
-
-def _culprit(error: BaseException, plan: InputModel) -> str:
-    text = str(error)
-    named = [s.name for s in plan.signatures if f"'{s.name}'" in text or f"({s.name})" in text]
-    return f"input {named[0]!r} of the " if named else ""

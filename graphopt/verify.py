@@ -26,7 +26,8 @@ import onnx_ir as ir
 import onnxruntime as ort
 
 from graphopt.errors import InputError, UsageError, first_line
-from graphopt.inputs import InputModel, NotRunnable, first_runnable, input_model, signatures
+from graphopt.input_search import NotRunnable, first_runnable
+from graphopt.inputs import InputModel, input_model, signatures
 
 RTOL = 1e-3
 ATOL = 1e-4
