@@ -23,7 +23,7 @@ import onnx
 import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
-from graphopt import protowrite, sparse
+from graphopt import protowrite, sparse, validate
 from graphopt.errors import InputError, UsageError
 
 logger = logging.getLogger(__name__)
@@ -40,7 +40,10 @@ def load(source: str | os.PathLike | onnx.ModelProto | ir.Model) -> ir.Model:
         return _forget_dropped_io(_copy_ir(source))
     if isinstance(source, onnx.ModelProto):
         _check_versions(source.ir_version, source.opset_import, "<ModelProto>")
-        return _forget_dropped_io(ir.serde.deserialize_model(source))
+        model = _deserialize(source, "<ModelProto>")
+        # External data of a bare proto is relative to a folder we do not know: the checker cannot look.
+        validate.check_structure(model, "<ModelProto>", proto=None if _has_external(source) else _densified(source))
+        return _forget_dropped_io(model)
     if isinstance(source, (str, os.PathLike)):
         return _forget_dropped_io(_load_path(pathlib.Path(source)))
     raise UsageError(f"cannot load a model from {type(source).__name__}: give a path, onnx.ModelProto or ir.Model")
@@ -81,7 +84,9 @@ def _copy_ir(model: ir.Model) -> ir.Model:
     if model_size_bytes(model) >= EXTERNAL_DATA_THRESHOLD:
         logger.info("model over 2 GB given as ir.Model: optimizing it in place")
         return model
-    copy = ir.serde.deserialize_model(ir.serde.serialize_model(model))
+    proto = ir.serde.serialize_model(model)
+    copy = _deserialize(proto, "<ir.Model>")
+    validate.check_structure(copy, "<ir.Model>", proto=None if _has_external(proto) else proto)
     # Serializing keeps an external tensor's location but not the directory it is relative
     # to: share the original (immutable) external tensors instead of unreadable copies.
     for graph, graph_copy in zip(model.graphs(), copy.graphs()):
@@ -105,12 +110,12 @@ def _load_path(path: pathlib.Path) -> ir.Model:
     with open(path, "rb") as f:
         head = f.read(64)
     try:
-        with sparse.held_missing_input_warnings() as release:
+        # onnx-ir warns about each undefined input; validate.check_structure names the first instead.
+        with sparse.held_missing_input_warnings():
             model = ir.load(path)
+            densified = None
             if sparse.has_unresolved_inputs(model):  # onnx-ir drops sparse_initializer: read them dense
                 densified = sparse.load_densified(path)
-                if densified is None:
-                    release()
                 model = densified or model
     except DecodeError as e:
         raise InputError(_decode_failure(path, head)) from e
@@ -119,10 +124,45 @@ def _load_path(path: pathlib.Path) -> ir.Model:
     if model.graph is None or (not model.graph.outputs and not len(model.graph)):
         raise InputError(f"{path}: not an ONNX model (no graph found)")
     _check_versions(model.ir_version, model.opset_imports, str(path))
-    _check_external_data(model, path)
+    validate.check_external_data(model, path)
+    if densified is None:
+        validate.check_structure(model, str(path), file=path)
+    elif not external_data_paths(model):  # narrow sparse indices (graphopt's "ort" format) fail the checker
+        proto = onnx.load(str(path))
+        sparse.densify_proto(proto)
+        validate.check_structure(model, str(path), file=path, proto=proto)
+        del proto
+    else:  # the checker would look for the data relative to the working directory
+        validate.check_structure(model, str(path))
     if external_data_paths(model):
         model.meta[_LOADED_WITH_EXTERNAL_DATA] = True  # saved the same way, even once every weight changed
     return model
+
+
+def _deserialize(proto: onnx.ModelProto, where: str) -> ir.Model:
+    try:
+        with sparse.held_missing_input_warnings():  # validate.check_structure names undefined inputs
+            return ir.serde.deserialize_model(proto)
+    except (ValueError, TypeError, KeyError, IndexError) as e:  # a corrupt field onnx-ir cannot represent
+        raise InputError(f"{where}: cannot be read as ONNX ({_first_line(e)})") from e
+
+
+def _has_external(proto: onnx.ModelProto) -> bool:
+    return any(onnx.external_data_helper.uses_external_data(t)
+               for t in onnx.external_data_helper._get_all_tensors(proto))
+
+
+def _densified(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """The proto the checker reads: sparse initializers (narrow ORT indices fail it) made dense."""
+    if not proto.graph.sparse_initializer:
+        return proto
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)
+    try:
+        sparse.densify_proto(copy)
+    except ValueError as e:
+        raise InputError(f"<ModelProto>: {_first_line(e)}") from e
+    return copy
 
 
 def _decode_failure(path: pathlib.Path, head: bytes) -> str:
@@ -151,21 +191,6 @@ def _check_versions(ir_version: int, opsets, where: str) -> None:
     newest = onnx.defs.onnx_opset_version()
     if default is not None and default > newest:
         raise InputError(f"{where}: opset {default} is newer than this onnx package knows ({newest})")
-
-
-def _check_external_data(model: ir.Model, path: pathlib.Path) -> None:
-    for tensor in _tensors(model):
-        if not isinstance(tensor, ir.ExternalTensor):
-            continue
-        data_path = pathlib.Path(tensor.base_dir) / tensor.location
-        if not data_path.exists():
-            raise InputError(f"{path}: external data file {tensor.location!r} is missing (expected at {data_path})")
-        end = (tensor.offset or 0) + (tensor.length or 0)
-        if data_path.stat().st_size < end:
-            raise InputError(
-                f"{path}: external data file {tensor.location!r} is truncated "
-                f"({data_path.stat().st_size} bytes, tensor {tensor.name!r} needs {end})"
-            )
 
 
 def _tensors(model: ir.Model):

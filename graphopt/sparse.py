@@ -152,9 +152,16 @@ def densify_proto(proto: onnx.ModelProto) -> int:
         dims = tuple(sparse.dims)
         values = numpy_helper.to_array(sparse.values).reshape(-1)
         indices = numpy_helper.to_array(sparse.indices).astype(np.int64)
-        out = np.zeros(int(np.prod(dims, dtype=np.int64)), dtype=values.dtype)
+        numel = int(np.prod(dims, dtype=np.int64))
         if indices.ndim == 2:
+            if indices.shape[1:] != (len(dims),) or np.any((indices < 0) | (indices >= np.array(dims, np.int64))):
+                raise ValueError(f"sparse initializer {sparse.values.name!r}: coordinates outside its shape {list(dims)}")
             indices = np.ravel_multi_index(tuple(indices.T), dims) if len(indices) else indices.reshape(-1)
+        # A corrupt file must be a clear error, not an IndexError (or a silent wrap-around of -1).
+        if indices.ndim != 1 or len(indices) != len(values) or np.any((indices < 0) | (indices >= numel)):
+            raise ValueError(f"sparse initializer {sparse.values.name!r}: {len(values)} values with indices outside "
+                             f"its {numel} elements (or not one per value)")
+        out = np.zeros(numel, dtype=values.dtype)
         out[indices] = values
         dense.append(numpy_helper.from_array(out.reshape(dims), sparse.values.name))
     if dense:

@@ -1,0 +1,216 @@
+"""Refuse unsafe or invalid models when they are loaded, before any pass runs or any weight is read.
+
+1. External data (`check_external_data`). Every tensor stored outside the model file must name a
+   regular file inside the model's folder: no absolute location, no `..`, no symbolic link (onnx's
+   checker refuses them even inside the folder; ORT and onnx-ir refuse those that leave it), no
+   FIFO or device, no file with several hard links (onnx-ir refuses to read those). Its
+   `offset`/`length` must fit the file and `length` must equal the tensor's size (ORT refuses a
+   mismatch only when a session starts; onnx-ir reads past it). `ir.load` reads no weight, so this
+   runs before any byte of external data is read.
+2. Structure (`check_structure`). `onnx.checker.check_model` decides: cycles, undefined inputs,
+   unknown default-domain ops, wrong attribute types, missing opset imports, recursive functions.
+   A graph that is only out of order (ORT accepts those) is sorted instead of refused. Duplicate
+   node names, which ORT refuses and the checker does not, are checked here. The full check (strict
+   type and shape inference) then runs; where it fails but ONNX Runtime loads the model (onnx
+   infers some function bodies more strictly than ORT), or the model has custom-domain ops that
+   ORT cannot load, the model is accepted: those ops are left untouched, never refused.
+
+Models given as protos or IR go through the same checks where a serialized form exists; the
+checker reads a model file with external data without its weights, and a proto over 2 GB or a
+file with both sparse initializers and external data only gets the checks on the IR.
+"""
+
+from __future__ import annotations
+
+__all__ = ["check_external_data", "check_structure"]
+
+import logging
+import os
+import pathlib
+import stat
+
+import onnx
+import onnx_ir as ir
+
+from graphopt.errors import InputError, first_line, ort_message
+
+logger = logging.getLogger(__name__)
+
+# Domains whose ops onnx's checker knows; a node in any other domain is a custom op.
+_KNOWN_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "ai.onnx.preview.training"}
+_PROTO_LIMIT = 2**31 - 1
+
+
+def _graphs(model: ir.Model):
+    graphs = [model.graph, *model.graph.subgraphs()]
+    for function in model.functions.values():
+        graphs += [function, *function.subgraphs()]
+    return graphs
+
+
+def _external_tensors(model: ir.Model):
+    """(owner, tensor) for every external tensor: initializers and tensor attributes, subgraphs included."""
+    for graph in _graphs(model):
+        for name, value in getattr(graph, "initializers", {}).items():
+            if isinstance(value.const_value, ir.ExternalTensor):
+                yield f"initializer {name!r}", value.const_value
+        for node in graph:
+            for attr in node.attributes.values():
+                if attr.type == ir.AttributeType.TENSOR:
+                    tensors = [attr.value]
+                elif attr.type == ir.AttributeType.TENSORS:
+                    tensors = list(attr.value)
+                else:
+                    continue
+                for t in tensors:
+                    if isinstance(t, ir.ExternalTensor):
+                        yield f"node {node.name or node.op_type!r} attribute {attr.name!r}", t
+
+
+def check_external_data(model: ir.Model, path: pathlib.Path) -> None:
+    """Raise InputError unless every external tensor reads a safe, large-enough file in `path`'s folder."""
+    folder = os.path.realpath(path.parent)
+    for owner, tensor in _external_tensors(model):
+        location = tensor.location or ""
+        where = f"{path}: external data of {owner} ({location!r})"
+        posix, windows = pathlib.PurePosixPath(location), pathlib.PureWindowsPath(location)
+        if not location or "\0" in location:
+            raise InputError(f"{where}: empty or invalid location; re-save the model with its data")
+        if posix.is_absolute() or windows.is_absolute() or windows.drive or ".." in posix.parts + windows.parts:
+            raise InputError(f"{where}: refused, the location must be a plain relative path inside the "
+                             "model's folder (no absolute path, no '..'); move the data beside the model and re-save")
+        real = os.path.realpath(os.path.join(folder, location))
+        if os.path.commonpath([real, folder]) != folder:
+            raise InputError(f"{where}: refused, it resolves outside the model's folder (to {real}); "
+                             "copy the data file into the folder instead of linking it")
+        if real != os.path.normpath(os.path.join(folder, location)):
+            raise InputError(f"{where}: refused, it is a symbolic link (onnx refuses those); "
+                             "replace the link by the file itself")
+        try:
+            info = os.stat(real)
+        except OSError:
+            raise InputError(f"{where}: the external data file is missing (expected at {real})") from None
+        if not stat.S_ISREG(info.st_mode):
+            raise InputError(f"{where}: not a regular file; external data must be a plain file beside the model")
+        if info.st_nlink > 1:
+            raise InputError(f"{where}: the file has {info.st_nlink} hard links, which onnx-ir refuses to read; "
+                             "replace the link by a copy (cp --no-preserve=links)")
+        offset, length = tensor.offset or 0, tensor.length
+        if offset < 0 or (length is not None and length < 0):
+            raise InputError(f"{where}: negative offset or length; the model file is corrupt")
+        if length is not None and length != tensor.nbytes:
+            raise InputError(f"{where}: declares {length} bytes but a {tensor.dtype.name}{list(tensor.shape)} "
+                             f"tensor needs {tensor.nbytes}; the model and its data do not match, re-export them")
+        if offset + tensor.nbytes > info.st_size:
+            raise InputError(f"{where}: truncated or mismatched data file ({info.st_size} bytes, the tensor needs "
+                             f"bytes {offset}..{offset + tensor.nbytes}); copy the complete data file")
+
+
+def check_structure(model: ir.Model, where: str, *, file: pathlib.Path | None = None,
+                    proto: onnx.ModelProto | None = None) -> None:
+    """Raise InputError if `model` is not a valid ONNX model; sorts a graph that is merely out of order.
+
+    The checker reads `proto` if given (external data not loaded), else `file` (a model file
+    without external data); ONNX Runtime, when it has to decide, loads `file` if given. With
+    neither, or a proto over 2 GB, only the checks on the IR run.
+    """
+    _check_node_names(model, where)
+    if proto is not None and proto.ByteSize() > _PROTO_LIMIT:
+        proto = None
+    if proto is None and file is None:
+        _refuse_undefined(model, where, None)
+        return
+    target = proto if proto is not None else str(file)
+    try:  # the full check includes the plain one: one parse when the model is valid
+        onnx.checker.check_model(target, full_check=True)
+        return
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        strict = e
+    try:
+        onnx.checker.check_model(target)
+    except onnx.checker.ValidationError as e:
+        if "topologically sorted" not in str(e):
+            raise InputError(f"{where}: invalid model: {first_line(e)} (onnx.checker); fix or re-export it") from e
+        _sort_or_refuse(model, where, e)
+        sorted_proto = ir.serde.serialize_model(model)  # rare: check again what the passes will see
+        try:
+            onnx.checker.check_model(sorted_proto, full_check=True)
+            return
+        except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e2:
+            strict = e2
+            try:
+                onnx.checker.check_model(sorted_proto)
+            except onnx.checker.ValidationError as e3:
+                raise InputError(f"{where}: invalid model: {first_line(e3)} (onnx.checker); fix or re-export it") \
+                    from e3
+        proto = proto if file is not None else sorted_proto
+    # Only strict type/shape inference failed: ORT decides, custom ops are never refused.
+    if _custom_domains(model):
+        logger.debug("%s: strict inference failed on a model with custom ops (kept): %s", where, first_line(strict))
+        return
+    refusal = _ort_refusal(file if file is not None else proto)
+    if refusal is None:
+        logger.debug("%s: strict inference failed but ONNX Runtime loads it (kept): %s", where, first_line(strict))
+        return
+    raise InputError(f"{where}: invalid model: {first_line(strict)} (ONNX Runtime: {refusal}); fix or re-export it") \
+        from strict
+
+
+def _check_node_names(model: ir.Model, where: str) -> None:
+    for graph in _graphs(model):
+        seen = set()
+        for node in graph:
+            if node.name and node.name in seen:
+                raise InputError(f"{where}: two nodes are named {node.name!r} (ONNX Runtime refuses that); "
+                                 "give them unique names or re-export")
+            seen.add(node.name)
+
+
+def _refuse_undefined(model: ir.Model, where: str, error: Exception | None) -> None:
+    for graph in _graphs(model):
+        for node in graph:
+            for value in node.inputs:
+                if value is not None and _undefined(value, graph):
+                    raise InputError(f"{where}: input {value.name!r} of node {node.name or node.op_type!r} is not "
+                                     "defined by any node, input or initializer; fix or re-export it") from error
+
+
+def _sort_or_refuse(model: ir.Model, where: str, error: Exception) -> None:
+    _refuse_undefined(model, where, error)
+    try:
+        model.graph.sort()
+        for function in model.functions.values():
+            function.sort()
+    except ValueError as e:  # onnx-ir: "Graph contains a cycle"
+        raise InputError(f"{where}: the graph has a cycle ({first_line(error)}); fix or re-export it") from e
+    logger.info("%s: nodes were out of order; sorted", where)
+
+
+def _undefined(value: ir.Value, graph) -> bool:
+    if value.producer() is not None or value.is_graph_input() or value.const_value is not None:
+        return False
+    # A subgraph may read its outer scopes; onnx-ir links those values, so only a value that
+    # belongs to no graph (what its deserializer makes of a dangling name) is undefined.
+    return value.name not in getattr(graph, "initializers", {}) and value.graph is None
+
+
+def _custom_domains(model: ir.Model) -> set[str]:
+    domains = set()
+    for graph in _graphs(model):
+        domains |= {n.domain for n in graph}
+    return domains - _KNOWN_DOMAINS - {f.domain for f in model.functions.values()}
+
+
+def _ort_refusal(source) -> str | None:
+    """ONNX Runtime's reason for not loading the model, or None if it loads."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    data = str(source) if isinstance(source, pathlib.Path) else source.SerializeToString()
+    try:
+        ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001 - any failure to load is ORT's verdict
+        return ort_message(e)
+    return None
