@@ -208,7 +208,7 @@ def optimize(
         finally:
             quiet.setLevel(level)
     # Staged in a private directory of the temp dir; save() moves it to where the user wants it.
-    staged = io.stage(working, pathlib.Path(tempfile.gettempdir()) / "optimized.onnx")
+    staged = io.stage_scratch(working)
     file_after = sum(t.stat().st_size for t in staged.path.parent.iterdir())
     if verify and progress:
         progress("verify")

@@ -131,9 +131,12 @@ def optimize(
     from graphopt.api import optimize as run_optimize
     from graphopt.report import render, to_markdown
 
+    from graphopt.io import check_output_path
+
     out_path = output or _default_output(model)
     if model.exists() and out_path.resolve() == model.resolve():
         raise UsageError(f"{out_path}: output would overwrite the input; choose another path with -o")
+    check_output_path(out_path, {model} if model.exists() else set())  # before any work: a hard link, a FIFO
     compress = dict(sparsity=sparsity, structured=structured, sparsity_pattern=sparsity_pattern, low_rank=low_rank,
                     sparsity_scope=sparsity_scope, prune_criterion=prune_criterion,
                     channel_multiple=channel_multiple, sparse_format=sparse_format)
