@@ -6,6 +6,7 @@ __all__ = ["OptimizeResult", "optimize", "inspect"]
 
 import concurrent.futures
 import logging
+import numbers
 import os
 import pathlib
 import tempfile
@@ -17,6 +18,7 @@ import onnx
 import onnx_ir as ir
 
 from graphopt import io
+from graphopt.errors import UsageError
 from graphopt.analysis import analyze
 from graphopt.pipeline import PassOptions, Pipeline, select
 from graphopt.report import Report
@@ -159,6 +161,8 @@ def optimize(
     from graphopt.bench import resolve_provider
 
     resolve_provider(provider)  # an unknown or uninstalled provider fails before any work
+    _check_values(rtol=rtol, atol=atol, fold_limit_mb=fold_limit_mb, threads=threads, shapes=shapes,
+                  calibration_samples=calibration_samples)
 
     start = time.perf_counter()
     level = DEFAULT_LEVEL if level is None and not passes else level
@@ -285,6 +289,23 @@ def optimize(
         staged = None
     return OptimizeResult(working, report, protect, sparse_format=compressed and compressed.sparse_format,
                           staged=staged)
+
+
+def _check_values(*, rtol, atol, fold_limit_mb, threads, shapes, calibration_samples) -> None:
+    """Bad numbers are usage errors before any work (not a crash, not a verification failure)."""
+    from graphopt.limits import MAX_DIM, check_number, check_threads
+
+    check_number("--rtol", rtol)
+    check_number("--atol", atol)
+    check_number("--fold-limit", fold_limit_mb, what="megabytes")
+    check_threads(threads)
+    if calibration_samples is not None and (isinstance(calibration_samples, bool)
+                                            or not isinstance(calibration_samples, numbers.Integral)
+                                            or calibration_samples < 1):
+        raise UsageError(f"--calibration-samples {calibration_samples}: give 1 or more (or leave it out for all)")
+    for name, dims in (shapes or {}).items():
+        if any(isinstance(d, bool) or not isinstance(d, numbers.Integral) or not 0 <= d <= MAX_DIM for d in dims):
+            raise UsageError(f"--shape {name}={'x'.join(map(str, dims))}: each dim must be an integer 0..{MAX_DIM}")
 
 
 def _bench_section(original, optimized: ir.Model, provider: str, threads: int | None, shapes, data,

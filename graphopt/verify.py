@@ -21,7 +21,7 @@ import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 
-from graphopt.errors import InputError, UsageError, first_line
+from graphopt.errors import InputError, UsageError, first_line, ort_message
 
 RTOL = 1e-3
 ATOL = 1e-4
@@ -67,9 +67,13 @@ def parse_shape(text: str) -> tuple[str, list[int]]:
     try:
         if not sep or not name:
             raise ValueError
-        return name, [int(d) for d in dims.lower().split("x")]
+        values = [int(d) for d in dims.lower().split("x")]
+        if any(not 0 <= d < 2**63 for d in values):  # ONNX dims are int64
+            raise ValueError
+        return name, values
     except ValueError:
-        raise UsageError(f"--shape {text!r}: expected NAME=D1xD2x... such as input=1x3x224x224") from None
+        raise UsageError(f"--shape {text!r}: expected NAME=D1xD2x... such as input=1x3x224x224, "
+                         "each dim 0..2^63-1") from None
 
 
 def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -102,7 +106,7 @@ def _session_source(model, workdir: pathlib.Path, tag: str):
 
 def _session(source, providers=None, optimize=False) -> ort.InferenceSession:
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # errors reach the user as one line, not ORT's log
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     return ort.InferenceSession(source, options, providers=providers or ["CPUExecutionProvider"])
@@ -182,7 +186,7 @@ def reference(original, *, shapes: dict[str, list[int]] | None = None, data: dic
         except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidGraph,
                 ort.capi.onnxruntime_pybind11_state.NotImplemented,
                 ort.capi.onnxruntime_pybind11_state.InvalidArgument) as e:
-            return Reference(skipped=f"ONNX Runtime cannot run the original model: {first_line(e)}")
+            return Reference(skipped=f"ONNX Runtime cannot run the original model: {ort_message(e)}")
 
 
 def check(ref: Reference, optimized, *, rtol: float = RTOL, atol: float = ATOL, providers=None) -> VerifyResult:
@@ -198,7 +202,7 @@ def check(ref: Reference, optimized, *, rtol: float = RTOL, atol: float = ATOL, 
                 got = dict(zip(wanted, session.run(wanted, ref.feeds)))
                 del session
         except Exception as e:  # noqa: BLE001 - any ORT failure on our output is a failed verification
-            return VerifyResult("failed", reason=f"ONNX Runtime cannot run the optimized model: {first_line(e)}",
+            return VerifyResult("failed", reason=f"ONNX Runtime cannot run the optimized model: {ort_message(e)}",
                                 input_shapes=input_shapes)
     checks = [_compare(name, ref.outputs[name], got[name], rtol, atol) for name in wanted]
     if ref.nondeterministic:
@@ -216,6 +220,10 @@ def verify(original, optimized, *, shapes: dict[str, list[int]] | None = None,
     """Compare every graph output of `optimized` with the same output of `original`.
 
     The two sessions run one after the other, so a model over 2 GB is never held twice."""
+    from graphopt.limits import check_number
+
+    check_number("--rtol", rtol)
+    check_number("--atol", atol)
     ref = reference(original, shapes=shapes, data=data, outputs=outputs, providers=providers, seed=seed)
     return check(ref, optimized, rtol=rtol, atol=atol, providers=providers)
 
