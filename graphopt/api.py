@@ -263,6 +263,7 @@ def optimize(
             compressed.score_final(working)
             if compressed.sparse_format:
                 file_after = saved_bytes(working, compressed.sparse_format)
+    warnings += _collapse_warning(compressed and compressed.section, lossy_section, max_accuracy_drop)
     bench_section = None
     if bench:  # the final model (after any lossy stage) against the original, on the target provider
         if progress:
@@ -289,6 +290,25 @@ def optimize(
         staged = None
     return OptimizeResult(working, report, protect, sparse_format=compressed and compressed.sparse_format,
                           staged=staged)
+
+
+_COLLAPSE_POINTS = 1.0
+
+
+def _collapse_warning(compress_section: dict | None, lossy_section: dict | None, budget) -> list[str]:
+    """A lossy run without --max-accuracy-drop that measured a drop over a point says so."""
+    if budget is not None:
+        return []
+    first = compress_section or lossy_section
+    last = lossy_section or compress_section
+    if not first or not last or "accuracy_drop" not in last:
+        return []
+    before = first.get("accuracy_before")
+    after = (compress_section or {}).get("accuracy_after_all_stages", last.get("accuracy_after"))
+    if before is None or after is None or not before - after > _COLLAPSE_POINTS:
+        return []
+    return [f"accuracy fell {before - after:.2f} points ({last.get('metric', 'score')} {before:g} -> {after:g}) "
+            f"with no --max-accuracy-drop; set one to keep the most sensitive layers until the drop fits"]
 
 
 def _check_values(*, rtol, atol, fold_limit_mb, threads, shapes, calibration_samples) -> None:

@@ -21,7 +21,7 @@ import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 
-from graphopt.errors import InputError, UsageError, first_line, ort_message
+from graphopt.errors import InputError, UsageError, ort_message
 
 RTOL = 1e-3
 ATOL = 1e-4
