@@ -114,6 +114,7 @@ def check_structure(model: ir.Model, where: str, *, file: pathlib.Path | None = 
     without external data); ONNX Runtime, when it has to decide, loads `file` if given. With
     neither, or a proto over 2 GB, only the checks on the IR run.
     """
+    _check_text(model, where)
     _check_node_names(model, where)
     if proto is not None and proto.ByteSize() > _PROTO_LIMIT:
         proto = None
@@ -126,6 +127,8 @@ def check_structure(model: ir.Model, where: str, *, file: pathlib.Path | None = 
         return
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
         strict = e
+    except UnicodeDecodeError as e:  # the checker's message quotes a corrupt name
+        raise InputError(f"{where}: invalid model: a name or string is not valid UTF-8 (a corrupt file?)") from e
     try:
         onnx.checker.check_model(target)
     except onnx.checker.ValidationError as e:
@@ -154,6 +157,48 @@ def check_structure(model: ir.Model, where: str, *, file: pathlib.Path | None = 
         return
     raise InputError(f"{where}: invalid model: {first_line(strict)} (ONNX Runtime: {refusal}); fix or re-export it") \
         from strict
+
+
+def _strings(model: ir.Model):
+    """Every name and text field of the model (what serializing it writes as protobuf strings)."""
+    yield model.producer_name, model.producer_version, model.domain, model.doc_string
+    yield from model.metadata_props.items()
+    yield from model.opset_imports
+    for graph in _graphs(model):
+        yield graph.name, graph.doc_string
+        yield from graph.metadata_props.items()
+        for value in [*graph.inputs, *graph.outputs, *getattr(graph, "initializers", {}).values()]:
+            yield value.name, value.doc_string
+        for node in graph:
+            yield node.name, node.op_type, node.domain, node.overload, node.doc_string
+            yield from node.metadata_props.items()
+            yield tuple(v.name for v in (*node.inputs, *node.outputs) if v is not None)
+            for attr in node.attributes.values():
+                yield attr.name, attr.ref_attr_name, attr.doc_string
+                if attr.type == ir.AttributeType.STRING:
+                    yield attr.value,
+                elif attr.type == ir.AttributeType.STRINGS:
+                    yield tuple(attr.value)
+
+
+def _check_text(model: ir.Model, where: str) -> None:
+    # Protobuf hands invalid UTF-8 in a proto2 string field through as bytes (or surrogates);
+    # writing the model back fails on it deep inside onnx-ir, so a bit-flipped name is refused here.
+    for group in _strings(model):
+        for text in group:
+            if isinstance(text, bytes):
+                bad = text
+            elif isinstance(text, str):
+                try:
+                    text.encode("utf-8")
+                    continue
+                except UnicodeEncodeError:
+                    bad = text.encode("utf-8", "surrogateescape")
+            else:
+                continue
+            shown = bad.decode("utf-8", "replace")
+            raise InputError(f"{where}: invalid model: the name {shown!r} is not valid UTF-8 (a corrupt file?); "
+                             "re-export it")
 
 
 def _check_node_names(model: ir.Model, where: str) -> None:
