@@ -127,6 +127,7 @@ def _load_path(path: pathlib.Path) -> ir.Model:
         raise InputError(f"{path}: not an ONNX model (no graph found)")
     _check_versions(model.ir_version, model.opset_imports, str(path))
     validate.check_external_data(model, path)
+    _inline_attribute_tensors(model)
     if densified is None:
         validate.check_structure(model, str(path), file=path)
     elif not external_data_paths(model):  # narrow sparse indices (graphopt's "ort" format) fail the checker
@@ -147,6 +148,20 @@ def _deserialize(proto: onnx.ModelProto, where: str) -> ir.Model:
             return ir.serde.deserialize_model(proto)
     except (ValueError, TypeError, KeyError, IndexError) as e:  # a corrupt field onnx-ir cannot represent
         raise InputError(f"{where}: cannot be read as ONNX ({_first_line(e)})") from e
+
+
+def _inline_attribute_tensors(model: ir.Model) -> None:
+    """Read external tensor attributes (checked) into memory: serializing writes attributes inline."""
+    graphs = [model.graph, *model.graph.subgraphs()]
+    for function in model.functions.values():
+        graphs += [function, *function.subgraphs()]
+    for graph in graphs:
+        for node in graph:
+            for name, attr in list(node.attributes.items()):
+                if attr.type == ir.AttributeType.TENSOR and isinstance(attr.value, ir.ExternalTensor):
+                    node.attributes[name] = ir.AttrTensor(name, ir.Tensor(attr.value.numpy().copy(),
+                                                                          name=attr.value.name))
+                    attr.value.release()
 
 
 def _has_external(proto: onnx.ModelProto) -> bool:

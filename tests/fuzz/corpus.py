@@ -1,0 +1,877 @@
+"""The fuzz corpus: seeded cases in the families of issue 15, each a recipe that builds its files.
+
+Families: corruption (bytes), invalid_graph, resource_bomb, external_data, output_path,
+kill_save, options. Every case is deterministic given its name (its own seeded RNG). `fast`
+cases run in the default test run, the rest under `-m slow`. Cases whose fix belongs to the
+input-model work (issue 14 / issue 15 items 4, 5 `--inputs`, 6) are marked `xfail`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import os
+import pathlib
+import random
+import shutil
+import stat
+from collections.abc import Callable
+
+import numpy as np
+import onnx
+import onnx.helper as oh
+
+from tests.fuzz import models
+from tests.fuzz.harness import Paths
+
+INPUTS_XFAIL = "input model: issue 14/15 item {}"
+
+
+@dataclasses.dataclass
+class Case:
+    family: str
+    name: str
+    build: Callable[[Paths, random.Random], list[str]]  # writes the case's files; returns the argv
+    expect: str = "any"  # "error": must exit 1/2; "ok": must exit 0; "any": either, judged
+    expect_code: int | None = None
+    error_codes: tuple[int, ...] = (1, 2)  # clean failures: one "error:" line
+    lossy: bool = False
+    fast: bool = False
+    xfail: str | None = None
+    subprocess: bool = False
+    timeout: float | None = None
+    check_output: bool = True
+    allowed_out: tuple[str, ...] = ()
+    output_name: str | None = "model.opt.onnx"  # None: the case writes no model
+    runner: Callable | None = None  # replaces the plain run (kill cases)
+    extra_check: Callable | None = None  # (verdict, paths) -> problem or None
+
+    @property
+    def id(self) -> str:
+        return f"{self.family}/{self.name}"
+
+    def source(self, paths: Paths) -> pathlib.Path:
+        return paths.inp / "model.onnx"
+
+    def output(self, paths: Paths) -> pathlib.Path | None:
+        return paths.out / self.output_name if self.output_name else None
+
+    def rng(self) -> random.Random:
+        return random.Random(self.id)
+
+
+def _optimize(paths: Paths, *flags) -> list[str]:
+    return ["optimize", str(paths.inp / "model.onnx"), "-o", str(paths.out / "model.opt.onnx"), *map(str, flags)]
+
+
+def _write(paths: Paths, proto_or_bytes) -> pathlib.Path:
+    path = paths.inp / "model.onnx"
+    data = proto_or_bytes if isinstance(proto_or_bytes, (bytes, bytearray)) else proto_or_bytes.SerializeToString()
+    path.write_bytes(bytes(data))
+    return path
+
+
+# --- corruption ------------------------------------------------------------------------------------
+
+_MUTATIONS = ("truncate", "flip1", "flip8", "random_region", "zero_region", "append", "duplicate", "swap",
+              "graph_flip")
+
+
+def _mutate(data: bytes, kind: str, rng: random.Random) -> bytes:
+    b = bytearray(data)
+    n = len(b)
+    if kind == "truncate":
+        return bytes(b[:rng.randrange(1, n)])
+    if kind in ("flip1", "flip8", "graph_flip"):
+        for _ in range(1 if kind != "flip8" else 8):
+            # Names, types and attributes sit before the weights in most files: aim there half the time.
+            pos = rng.randrange(min(n, 4000) if kind == "graph_flip" or rng.random() < 0.5 else n)
+            b[pos] ^= 1 << rng.randrange(8)
+        return bytes(b)
+    if kind == "random_region":
+        start = rng.randrange(n)
+        length = rng.randrange(1, 64)
+        b[start:start + length] = bytes(rng.randrange(256) for _ in range(length))
+        return bytes(b)
+    if kind == "zero_region":
+        start = rng.randrange(n)
+        b[start:start + rng.randrange(1, 256)] = bytes(min(256, n - start))[:len(b[start:start + 256])]
+        return bytes(b[:n])
+    if kind == "append":
+        return bytes(b) + bytes(rng.randrange(256) for _ in range(rng.randrange(1, 100)))
+    if kind == "duplicate":
+        start = rng.randrange(n)
+        chunk = b[start:start + rng.randrange(1, 200)]
+        pos = rng.randrange(n)
+        return bytes(b[:pos] + chunk + b[pos:])
+    if kind == "swap":
+        i, j = sorted(rng.randrange(n) for _ in range(2))
+        k = rng.randrange(1, 32)
+        b[i:i + k], b[j:j + k] = b[j:j + k], b[i:i + k]
+        return bytes(b[:n]) if len(b) >= n else bytes(b)
+    raise ValueError(kind)
+
+
+def corruption_cases() -> list[Case]:
+    cases = []
+    bases = ["digits", "conv_bn", "control_flow", "custom_op", "two_output"]
+
+    def byte_case(base: str, kind: str, i: int) -> Case:
+        def build(paths, rng):
+            _write(paths, _mutate(models.BASES[base]().SerializeToString(), kind, rng))
+            return _optimize(paths)
+        return Case("corruption", f"{base}-{kind}-{i}", build, fast=i == 0 and base in ("digits", "conv_bn"))
+
+    for base in bases:
+        for kind in _MUTATIONS:
+            for i in range(4 if base == "digits" else 3):
+                cases.append(byte_case(base, kind, i))
+
+    def fixed(name, data: Callable[[], bytes], **kw):
+        def build(paths, rng):
+            _write(paths, data())
+            return _optimize(paths)
+        return Case("corruption", name, build, expect="error", fast=True, **kw)
+
+    cases += [
+        fixed("empty-file", lambda: b""),
+        fixed("text-file", lambda: b"this is not a model\n" * 10),
+        fixed("random-bytes", lambda: bytes(random.Random(1).randrange(256) for _ in range(4096))),
+        fixed("gzipped-model", lambda: gzip.compress(models.digits().SerializeToString())),
+        fixed("header-only", lambda: models.digits().SerializeToString()[:20]),
+        fixed("npz-as-model", lambda: models.DIGITS_CALIB.read_bytes()[:5000]),
+    ]
+    return cases
+
+
+# --- invalid graphs ---------------------------------------------------------------------------------
+
+_OPSET = '<ir_version: 8, opset_import: ["" : 17]>'
+
+
+def _sparse_model(indices: list[int], dims: list[int], fmt=np.int64) -> onnx.ModelProto:
+    values = onnx.numpy_helper.from_array(np.ones(len(indices), np.float32), "w")
+    idx = onnx.numpy_helper.from_array(np.array(indices, dtype=fmt), "w_idx")
+    sparse = oh.make_sparse_tensor(values, idx, dims)
+    graph = oh.make_graph([oh.make_node("Add", ["x", "w"], ["y"], name="add")], "g",
+                          [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, dims)],
+                          [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, dims)], sparse_initializer=[sparse])
+    return oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)], ir_version=8)
+
+
+def _recursive(mutual: bool) -> onnx.ModelProto:
+    other = "G" if mutual else "F"
+    f = oh.make_function("local", "F", ["a"], ["b"], [oh.make_node(other, ["a"], ["b"], domain="local")],
+                         [oh.make_opsetid("", 17), oh.make_opsetid("local", 1)])
+    functions = [f]
+    if mutual:
+        functions.append(oh.make_function("local", "G", ["a"], ["b"], [oh.make_node("F", ["a"], ["b"], domain="local")],
+                                          [oh.make_opsetid("", 17), oh.make_opsetid("local", 1)]))
+    g = oh.make_graph([oh.make_node("F", ["x"], ["y"], domain="local")], "g",
+                      [oh.make_tensor_value_info("x", 1, [2])], [oh.make_tensor_value_info("y", 1, [2])])
+    return oh.make_model(g, opset_imports=[oh.make_opsetid("", 17), oh.make_opsetid("local", 1)],
+                         functions=functions, ir_version=8)
+
+
+def _edit_digits(edit: Callable[[onnx.ModelProto], None]) -> Callable[[], onnx.ModelProto]:
+    def make():
+        proto = models.digits()
+        edit(proto)
+        return proto
+    return make
+
+
+def _set_attr(node_index: int, name: str, attr: onnx.AttributeProto):
+    def edit(p):
+        node = p.graph.node[node_index]
+        kept = [a for a in node.attribute if a.name != name]
+        del node.attribute[:]
+        node.attribute.extend(kept + [attr])
+    return edit
+
+
+def _invalid_texts() -> dict[str, tuple[str, str]]:
+    """name -> (model text, expectation)."""
+    return {
+        "cycle": (f"""{_OPSET} g (float[2] x) => (float[2] y) {{ a = Add(x, b)
+            b = Relu(a)
+            y = Identity(b) }}""", "error"),
+        "self-loop": (f"""{_OPSET} g (float[2] x) => (float[2] y) {{ a = Add(x, a)
+            y = Identity(a) }}""", "error"),
+        "undefined-input": (f"""{_OPSET} g (float[2] x) => (float[2] y) {{ y = Add(x, ghost) }}""", "error"),
+        "type-mismatch": (f"""{_OPSET} g (float[2] x, int64[2] z) => (float[2] y) {{ y = Add(x, z) }}""", "error"),
+        "unknown-default-op": (f"""{_OPSET} g (float[2] x) => (float[2] y) {{ y = Frobnicate(x) }}""", "error"),
+        "wrong-attribute-type": (f"""{_OPSET} g (float[2,3] x) => (float[3,2] y) {{ y = Transpose<perm="10">(x) }}""",
+                                 "error"),
+        "attribute-float-for-int": (f"""{_OPSET} g (float[2,3] x) => (float[6] y) {{ y = Flatten<axis=0.5>(x) }}""",
+                                    "error"),
+        "unknown-attribute": (f"""{_OPSET} g (float[2] x) => (float[2] y) {{ y = Relu<bogus=1>(x) }}""", "error"),
+        "missing-required-attribute": (f"""{_OPSET} g (float[2] x) => (int64[2] y) {{ y = Cast(x) }}""", "error"),
+        "undefined-graph-output": (f"""{_OPSET} g (float[2] x) => (float[2] y) {{ z = Relu(x) }}""", "error"),
+        "two-producers": (f"""{_OPSET} g (float[2] x) => (float[2] y) {{ y = Relu(x)
+            y = Neg(x) }}""", "error"),
+        "subgraph-undefined": (f"""{_OPSET} g (float[2] x, bool c) => (float[2] y) {{
+            y = If (c) <then_branch = t () => (float[2] o) {{ o = Add(x, nowhere) }},
+                        else_branch = e () => (float[2] o) {{ o = Neg(x) }}> }}""", "error"),
+        "conv-channel-mismatch": (f"""{_OPSET} g (float[1,3,8,8] x, float[4,5,3,3] w) => (float[1,4,6,6] y) {{
+            y = Conv(x, w) }}""", "any"),  # the checker and ORT load it; only running fails
+        "unsorted-but-valid": (f"""{_OPSET} g (float[2] x) => (float[2] y) {{ y = Neg(a)
+            a = Relu(x) }}""", "ok"),
+        "custom-domain-odd-attrs": ("""<ir_version: 8, opset_import: ["" : 17, "com.ex" : 1]>
+            g (float[2] x) => (float[2] y) { m = com.ex.Mystery<perm="x", axis=0.5, k=[1,2]>(x)
+            y = Relu(m) }""", "ok"),
+        "custom-domain-no-outputs-used": ("""<ir_version: 8, opset_import: ["" : 17, "com.ex" : 1]>
+            g (float[2] x) => (float[2] y) { y = Relu(x)
+            z = com.ex.Sink(x) }""", "ok"),
+        "empty-graph": (f"""{_OPSET} g (float[2] x) => (float[2] x) {{ }}""", "ok"),
+        "value-info-shape-conflict": (f"""{_OPSET} g (float[2,3] x) => (float[2,3] y) <float[7] r> {{ r = Relu(x)
+            y = Neg(r) }}""", "any"),
+    }
+
+
+def invalid_graph_cases() -> list[Case]:
+    cases = []
+
+    def proto_case(name, make, expect, fast=True, **kw):
+        def build(paths, rng):
+            _write(paths, make())
+            return _optimize(paths)
+        return Case("invalid_graph", name, build, expect=expect, fast=fast, **kw)
+
+    for name, (text, expect) in _invalid_texts().items():
+        cases.append(proto_case(name, (lambda t=text: models.parse(t)), expect))
+
+    def dup_names():
+        p = models.digits()
+        p.graph.node[1].name = p.graph.node[0].name
+        return p
+
+    def no_outputs():
+        p = models.parse(f"""{_OPSET} g (float[2] x) => (float[2] y) {{ a = Relu(x)
+            y = Neg(x) }}""")
+        del p.graph.node[0].output[:]
+        return p
+
+    def no_opset():
+        p = models.digits()
+        del p.opset_import[:]
+        return p
+
+    def opset(v):
+        def make():
+            p = models.digits()
+            p.opset_import[0].version = v
+            return p
+        return make
+
+    def ir_version(v):
+        def make():
+            p = models.digits()
+            p.ir_version = v
+            return p
+        return make
+
+    def raw_size_mismatch():
+        p = models.digits()
+        t = p.graph.initializer[0]
+        t.raw_data = t.raw_data[:-4]
+        return p
+
+    def dims_lie():
+        p = models.digits()
+        p.graph.initializer[0].dims[0] = 10**6
+        return p
+
+    def initializer_dtype_changed():
+        p = models.digits()
+        p.graph.initializer[0].data_type = onnx.TensorProto.INT64
+        return p
+
+    cases += [
+        proto_case("duplicate-node-names", dup_names, "error"),
+        proto_case("node-without-outputs", no_outputs, "error"),
+        proto_case("missing-opset-import", no_opset, "error"),
+        proto_case("opset-1000", opset(1000), "error"),
+        proto_case("opset-0", opset(0), "error"),
+        proto_case("ir-version-0", ir_version(0), "error"),
+        proto_case("ir-version-99", ir_version(99), "error"),
+        proto_case("recursive-function", lambda: _recursive(False), "error"),
+        proto_case("mutually-recursive-functions", lambda: _recursive(True), "error"),
+        proto_case("raw-data-size-mismatch", raw_size_mismatch, "error"),
+        proto_case("initializer-dims-lie", dims_lie, "error"),
+        proto_case("initializer-dtype-changed", initializer_dtype_changed, "error"),
+        proto_case("transpose-perm-string-in-digits", _edit_digits(_set_attr(
+            0, "kernel_shape", oh.make_attribute("kernel_shape", "3x3"))), "error"),
+        proto_case("sparse-index-out-of-range", lambda: _sparse_model([0, 1, 99], [2, 3]), "error"),
+        proto_case("sparse-negative-index", lambda: _sparse_model([0, -1], [2, 3]), "error"),
+        proto_case("sparse-int32-indices-valid", lambda: _sparse_model([0, 4], [2, 3], np.int32), "ok"),
+        proto_case("sparse-int64-indices-valid", lambda: _sparse_model([1, 5], [2, 3]), "ok"),
+    ]
+
+    # Seeded random edits of the digits model: each must be refused cleanly or optimized correctly.
+    edits = ["rename-input", "rename-output", "swap-nodes", "op-type", "drop-attribute", "attr-type",
+             "drop-initializer", "domain", "dup-output", "reverse-nodes"]
+
+    def random_edit(kind: str, i: int) -> Case:
+        def make_with(rng):
+            p = models.digits()
+            nodes = p.graph.node
+            k = rng.randrange(len(nodes))
+            node = nodes[k]
+            if kind == "rename-input" and node.input:
+                node.input[rng.randrange(len(node.input))] = f"ghost{i}"
+            elif kind == "rename-output":
+                node.output[0] = f"renamed{i}"
+            elif kind == "swap-nodes":
+                j = rng.randrange(len(nodes))
+                a, b = onnx.NodeProto(), onnx.NodeProto()
+                a.CopyFrom(nodes[k])
+                b.CopyFrom(nodes[j])
+                nodes[k].CopyFrom(b)
+                nodes[j].CopyFrom(a)
+            elif kind == "op-type":
+                node.op_type = rng.choice(["Relu", "Sigmoid", "Conv", "Gemm", "Add", "Nope", "Identity"])
+            elif kind == "drop-attribute" and node.attribute:
+                del node.attribute[rng.randrange(len(node.attribute))]
+            elif kind == "attr-type" and node.attribute:
+                a = node.attribute[rng.randrange(len(node.attribute))]
+                replacement = rng.choice([oh.make_attribute(a.name, "text"), oh.make_attribute(a.name, 1.5),
+                                          oh.make_attribute(a.name, [1.0, 2.0]), oh.make_attribute(a.name, -7)])
+                a.CopyFrom(replacement)
+            elif kind == "drop-initializer":
+                del p.graph.initializer[rng.randrange(len(p.graph.initializer))]
+            elif kind == "domain":
+                node.domain = rng.choice(["com.unknown", "ai.onnx.ml", "ai.onnx"])
+            elif kind == "dup-output":
+                other = nodes[(k + 1) % len(nodes)]
+                other.output[0] = node.output[0]
+            elif kind == "reverse-nodes":
+                reordered = list(reversed(nodes))
+                copies = []
+                for n in reordered:
+                    c = onnx.NodeProto()
+                    c.CopyFrom(n)
+                    copies.append(c)
+                del nodes[:]
+                nodes.extend(copies)
+            return p
+
+        def build(paths, rng):
+            _write(paths, make_with(rng))
+            return _optimize(paths)
+        return Case("invalid_graph", f"edit-{kind}-{i}", build, fast=i == 0 and kind in ("rename-input", "attr-type"))
+
+    for kind in edits:
+        for i in range(6):
+            cases.append(random_edit(kind, i))
+    return cases
+
+
+# --- resource bombs ---------------------------------------------------------------------------------
+
+def resource_bomb_cases() -> list[Case]:
+    cases = []
+
+    def text_case(name, text, expect="any", fast=False, xfail=None, flags=(), timeout=None):
+        def build(paths, rng):
+            _write(paths, models.parse(text))
+            return _optimize(paths, *flags)
+        return Case("resource_bomb", name, build, expect=expect, fast=fast, xfail=xfail, timeout=timeout)
+
+    cases += [
+        text_case("constant-of-shape-100mb", f"""{_OPSET} g (float[1] x) => (float[1] y) {{
+            s = Constant<value = int64[2] {{5000, 5000}}>()
+            c = ConstantOfShape<value = float[1] {{1.0}}>(s)
+            r = ReduceSum<keepdims=0>(c)
+            y = Add(x, r) }}""", "ok", fast=True),
+        text_case("expand-bomb", f"""{_OPSET} g (float[1] x) => (float[1] y) {{
+            v = Constant<value = float[1] {{2.0}}>()
+            s = Constant<value = int64[3] {{300, 300, 300}}>()
+            e = Expand(v, s)
+            r = ReduceMax<keepdims=0>(e)
+            y = Mul(x, r) }}""", "ok", fast=True),
+        text_case("tile-bomb", f"""{_OPSET} g (float[1] x) => (float[1] y) {{
+            v = Constant<value = float[2,2] {{1.0, 2.0, 3.0, 4.0}}>()
+            r = Constant<value = int64[2] {{2000, 2000}}>()
+            t = Tile(v, r)
+            m = ReduceMean<keepdims=0>(t)
+            y = Add(x, m) }}""", "ok"),
+        text_case("range-bomb", f"""{_OPSET} g (float[1] x) => (float[1] y) {{
+            a = Constant<value = float {{0.0}}>()
+            b = Constant<value = float {{20000000.0}}>()
+            d = Constant<value = float {{1.0}}>()
+            r = Range(a, b, d)
+            m = ReduceMax<keepdims=1>(r)
+            y = Add(x, m) }}""", "ok"),
+        text_case("fold-limit-raised-bomb", f"""{_OPSET} g (float[1] x) => (float[1] y) {{
+            s = Constant<value = int64[2] {{2000, 2000}}>()
+            c = ConstantOfShape<value = float[1] {{1.0}}>(s)
+            r = ReduceSum<keepdims=0>(c)
+            y = Add(x, r) }}""", "ok", flags=("--fold-limit", "64")),
+        text_case("huge-declared-input-dims", f"""{_OPSET} g (float[1099511627776, 4] x) => (float[1099511627776, 4] y) {{
+            y = Relu(x) }}""", xfail=INPUTS_XFAIL.format(6)),
+        text_case("int64-max-declared-dim", f"""{_OPSET} g (float[9223372036854775807] x) => (float[9223372036854775807] y) {{
+            y = Relu(x) }}""", xfail=INPUTS_XFAIL.format(6)),
+    ]
+
+    def shape_flag(name, dims, xfail=None, expect="any", fast=False):
+        def build(paths, rng):
+            _write(paths, models.digits())
+            return _optimize(paths, "--shape", f"input={dims}")
+        return Case("resource_bomb", name, build, expect=expect, xfail=xfail, fast=fast)
+
+    cases += [shape_flag("shape-flag-100m-batch", "100000000x1x8x8", xfail=INPUTS_XFAIL.format(6)),
+              shape_flag("shape-flag-20-digit-dim", "123456789012345678901x1x8x8", expect="error", fast=True)]
+
+    def generated(name, make, expect="any", fast=False, timeout=None):
+        def build(paths, rng):
+            _write(paths, make())
+            return _optimize(paths)
+        return Case("resource_bomb", name, build, expect=expect, fast=fast, timeout=timeout)
+
+    def deep_if(depth: int):
+        def make():
+            body_out = "x"
+            graph = None
+            for level in range(depth):
+                then_graph = oh.make_graph([oh.make_node("Identity", [body_out if level == 0 else f"o{level - 1}"],
+                                                         [f"t{level}"])] if graph is None else
+                                           [oh.make_node("If", ["c"], [f"t{level}"], then_branch=graph,
+                                                         else_branch=graph, name=f"if{level}")],
+                                           f"then{level}", [], [oh.make_tensor_value_info(f"t{level}", 1, [2])])
+                graph = then_graph
+            node = oh.make_node("If", ["c"], ["y"], then_branch=graph, else_branch=graph, name="top")
+            g = oh.make_graph([node], "deep", [oh.make_tensor_value_info("x", 1, [2]),
+                                               oh.make_tensor_value_info("c", onnx.TensorProto.BOOL, [])],
+                              [oh.make_tensor_value_info("y", 1, [2])])
+            return oh.make_model(g, opset_imports=[oh.make_opsetid("", 17)], ir_version=8)
+        return make
+
+    def long_chain(n: int):
+        def make():
+            nodes = [oh.make_node("Relu" if i % 2 else "Neg", [f"v{i}" if i else "x"], [f"v{i + 1}" if i < n - 1 else "y"],
+                                  name=f"n{i}") for i in range(n)]
+            g = oh.make_graph(nodes, "chain", [oh.make_tensor_value_info("x", 1, [4])],
+                              [oh.make_tensor_value_info("y", 1, [4])])
+            return oh.make_model(g, opset_imports=[oh.make_opsetid("", 17)], ir_version=8)
+        return make
+
+    def many_outputs(n: int):
+        def make():
+            nodes = [oh.make_node("Relu", ["x"], [f"y{i}"], name=f"r{i}") for i in range(n)]
+            g = oh.make_graph(nodes, "wide", [oh.make_tensor_value_info("x", 1, [4])],
+                              [oh.make_tensor_value_info(f"y{i}", 1, [4]) for i in range(n)])
+            return oh.make_model(g, opset_imports=[oh.make_opsetid("", 17)], ir_version=8)
+        return make
+
+    def long_names(length: int):
+        def make():
+            p = models.conv_bn_model()
+            for n in p.graph.node:
+                n.name = n.name + "x" * length
+            return p
+        return make
+
+    def many_initializers(n: int):
+        def make():
+            inits = [onnx.numpy_helper.from_array(np.full(1, i, np.float32), f"c{i}") for i in range(n)]
+            nodes = [oh.make_node("Sum", ["x", *[f"c{i}" for i in range(n)]], ["y"], name="sum")]
+            g = oh.make_graph(nodes, "inits", [oh.make_tensor_value_info("x", 1, [1])],
+                              [oh.make_tensor_value_info("y", 1, [1])], inits)
+            return oh.make_model(g, opset_imports=[oh.make_opsetid("", 17)], ir_version=8)
+        return make
+
+    def sparse_huge():
+        return _sparse_model([0], [1_000_000, 1_000_000])
+
+    cases += [
+        generated("deep-if-nesting-40", deep_if(40), "ok"),
+        generated("chain-3000-nodes", long_chain(3000), "ok", timeout=240),
+        generated("500-outputs", many_outputs(500), "ok"),
+        generated("100kb-node-names", long_names(100_000), "ok"),
+        generated("3000-initializers", many_initializers(3000), "ok"),
+        generated("sparse-declares-4tb", sparse_huge, "error", fast=True),
+        generated("chain-300-nodes", long_chain(300), "ok", fast=True),
+    ]
+    return cases
+
+
+# --- external data ------------------------------------------------------------------------------------
+
+def _constant_model() -> onnx.ModelProto:
+    """y = x + Constant, the constant in raw_data (what onnx moves to external data with convert_attribute)."""
+    value = onnx.numpy_helper.from_array(np.arange(1, 5, dtype=np.float32), "c_value")
+    g = oh.make_graph([oh.make_node("Constant", [], ["c"], value=value, name="const"),
+                       oh.make_node("Add", ["x", "c"], ["y"], name="add")], "g",
+                      [oh.make_tensor_value_info("x", 1, [4])], [oh.make_tensor_value_info("y", 1, [4])])
+    return oh.make_model(g, opset_imports=[oh.make_opsetid("", 17)], ir_version=8)
+
+
+def external_data_cases() -> list[Case]:
+    cases = []
+
+    def ext_case(name, tamper: Callable[[Paths, pathlib.Path], None], expect="error", fast=True, base=None,
+                 flags=()):
+        def build(paths, rng):
+            model = (base or models.conv_bn_model)()
+            src = paths.inp / "model.onnx"
+            data = models.save_external(model, src)
+            tamper(paths, data)
+            return _optimize(paths, *flags)
+        return Case("external_data", name, build, expect=expect, fast=fast)
+
+    def loc(value_fn):
+        def tamper(paths, data):
+            models.set_external_field(paths.inp / "model.onnx", "location", value_fn(paths))
+        return tamper
+
+    def field(key, value_fn):
+        def tamper(paths, data):
+            models.set_external_field(paths.inp / "model.onnx", key, str(value_fn(paths, data)))
+        return tamper
+
+    def symlink_out(paths, data):
+        (paths.inp / "link.data").symlink_to(paths.outside / "secret")
+        models.set_external_field(paths.inp / "model.onnx", "location", "link.data")
+
+    def symlink_in(paths, data):
+        (paths.inp / "link.data").symlink_to(data.name)
+        models.set_external_field(paths.inp / "model.onnx", "location", "link.data")
+
+    def dir_symlink_out(paths, data):
+        (paths.inp / "sub").symlink_to(paths.outside, target_is_directory=True)
+        models.set_external_field(paths.inp / "model.onnx", "location", "sub/secret")
+
+    def hardlink_out(paths, data):
+        os.link(paths.outside / "secret.data", paths.inp / "hard.data")
+        models.set_external_field(paths.inp / "model.onnx", "location", "hard.data")
+
+    def hardlink_in(paths, data):
+        os.link(data, paths.inp / "second.data")
+
+    def fifo(paths, data):
+        os.mkfifo(paths.inp / "pipe.data")
+        models.set_external_field(paths.inp / "model.onnx", "location", "pipe.data")
+
+    def directory(paths, data):
+        (paths.inp / "dir.data").mkdir()
+        models.set_external_field(paths.inp / "model.onnx", "location", "dir.data")
+
+    def missing(paths, data):
+        data.unlink()
+
+    def subdir_ok(paths, data):
+        (paths.inp / "weights").mkdir()
+        data.rename(paths.inp / "weights" / data.name)
+        models.set_external_field(paths.inp / "model.onnx", "location", f"weights/{data.name}")
+
+    def constant_attr(paths, data):  # a Constant node's tensor attribute stored externally, pointing out
+        proto = _constant_model()
+        onnx.save_model(proto, str(paths.inp / "model.onnx"), save_as_external_data=True,
+                        all_tensors_to_one_file=True, location="model.onnx.data", size_threshold=0,
+                        convert_attribute=True)
+        p = onnx.load(str(paths.inp / "model.onnx"), load_external_data=False)
+        for t in onnx.external_data_helper._get_all_tensors(p):
+            if t.data_location == onnx.TensorProto.EXTERNAL:
+                for e in t.external_data:
+                    if e.key == "location":
+                        e.value = "../../outside/secret"
+        onnx.save(p, str(paths.inp / "model.onnx"))
+
+    def valid_constant_attr(paths, data):
+        proto = _constant_model()
+        onnx.save_model(proto, str(paths.inp / "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location="model.onnx.data", size_threshold=0, convert_attribute=True)
+
+    def subgraph_initializer(paths, data):  # an initializer inside an If branch, pointing out
+        then = oh.make_graph([oh.make_node("Add", ["x", "w"], ["t"])], "then", [],
+                             [oh.make_tensor_value_info("t", 1, [4])],
+                             [onnx.numpy_helper.from_array(np.ones(4, np.float32), "w")])
+        other = oh.make_graph([oh.make_node("Neg", ["x"], ["e"])], "else", [], [oh.make_tensor_value_info("e", 1, [4])])
+        g = oh.make_graph([oh.make_node("If", ["c"], ["y"], then_branch=then, else_branch=other, name="if")], "g",
+                          [oh.make_tensor_value_info("x", 1, [4]), oh.make_tensor_value_info("c", 9, [])],
+                          [oh.make_tensor_value_info("y", 1, [4])])
+        proto = oh.make_model(g, opset_imports=[oh.make_opsetid("", 17)], ir_version=8)
+        models.save_external(proto, paths.inp / "model.onnx")
+        models.set_external_field(paths.inp / "model.onnx", "location", "../../outside/secret")
+
+    def two_files_ok(paths, data):
+        proto = models.conv_bn_model()
+        onnx.save_model(proto, str(paths.inp / "model.onnx"), save_as_external_data=True,
+                        all_tensors_to_one_file=False, size_threshold=0)
+
+    cases += [
+        ext_case("dotdot", loc(lambda p: "../../outside/secret")),
+        ext_case("dotdot-staying-inside", loc(lambda p: "sub/../model.onnx.data")),
+        ext_case("absolute-sentinel", loc(lambda p: str(p.outside / "secret"))),
+        ext_case("absolute-etc-passwd", loc(lambda p: "/etc/passwd")),
+        ext_case("absolute-dev-zero", loc(lambda p: "/dev/zero")),
+        ext_case("backslash-dotdot", loc(lambda p: "..\\..\\outside\\secret")),
+        ext_case("empty-location", loc(lambda p: "")),
+        ext_case("nul-in-location", loc(lambda p: "model.onnx.data\0../../outside/secret")),
+        ext_case("symlink-leaving-folder", symlink_out),
+        ext_case("symlink-inside-folder", symlink_in),
+        ext_case("dir-symlink-leaving-folder", dir_symlink_out),
+        ext_case("hardlink-to-outside", hardlink_out),
+        ext_case("hardlink-inside", hardlink_in),
+        ext_case("fifo-data", fifo),
+        ext_case("directory-data", directory),
+        ext_case("missing-data", missing),
+        ext_case("length-short", field("length", lambda p, d: 4)),
+        ext_case("length-long", field("length", lambda p, d: 10_000)),
+        ext_case("length-zero", field("length", lambda p, d: 0)),
+        ext_case("offset-past-end", field("offset", lambda p, d: d.stat().st_size + 10)),
+        ext_case("offset-near-end", field("offset", lambda p, d: d.stat().st_size - 8)),
+        ext_case("offset-negative", field("offset", lambda p, d: -8)),
+        ext_case("offset-not-a-number", field("offset", lambda p, d: "abc")),
+        ext_case("offset-huge", field("offset", lambda p, d: 2**62)),
+        ext_case("truncated-data", lambda p, d: d.write_bytes(d.read_bytes()[:100])),
+        ext_case("constant-attribute-dotdot", constant_attr),
+        ext_case("subgraph-initializer-dotdot", subgraph_initializer),
+        ext_case("valid-pair", lambda p, d: None, expect="ok"),
+        ext_case("valid-constant-attribute", valid_constant_attr, expect="ok"),
+        ext_case("valid-subfolder", subdir_ok, expect="ok"),
+        ext_case("valid-dot-slash", loc(lambda p: "./model.onnx.data"), expect="ok"),
+        ext_case("valid-one-file-per-tensor", two_files_ok, expect="ok"),
+        ext_case("valid-unknown-key", field("sha1", lambda p, d: "deadbeef"), expect="ok"),
+        ext_case("valid-digits", lambda p, d: None, expect="ok", base=models.digits),
+        ext_case("valid-digits-level3", lambda p, d: None, expect="ok", base=models.digits,
+                 flags=("--level", "3", "--no-measure")),
+    ]
+    return cases
+
+
+# --- special output paths ---------------------------------------------------------------------------
+
+def output_path_cases() -> list[Case]:
+    cases = []
+
+    def out_case(name, prepare: Callable[[Paths], str], expect="error", output_name="model.opt.onnx",
+                 external=False, flags=(), allowed_out=(), check=None, fast=True):
+        def build(paths, rng):
+            src = paths.inp / "model.onnx"
+            if external:
+                models.save_external(models.conv_bn_model(), src)
+            else:
+                _write(paths, models.conv_bn_model())
+            target = prepare(paths)
+            return ["optimize", str(src), "-o", target, *flags]
+        return Case("output_path", name, build, expect=expect, output_name=output_name, allowed_out=allowed_out,
+                    extra_check=check, fast=fast)
+
+    def fifo(paths):
+        os.mkfifo(paths.out / "model.opt.onnx")
+        return str(paths.out / "model.opt.onnx")
+
+    def still_fifo(verdict, paths):
+        return None if stat.S_ISFIFO(os.stat(paths.out / "model.opt.onnx").st_mode) else "the FIFO was replaced"
+
+    def hardlink(paths):
+        os.link(paths.inp / "model.onnx", paths.out / "model.opt.onnx")
+        return str(paths.out / "model.opt.onnx")
+
+    def symlink(paths):
+        (paths.out / "model.opt.onnx").symlink_to(paths.inp / "model.onnx")
+        return str(paths.out / "model.opt.onnx")
+
+    def directory(paths):
+        (paths.out / "model.opt.onnx").mkdir()
+        return str(paths.out / "model.opt.onnx")
+
+    def stale_pair(paths):
+        models.save_external(models.conv_bn_model(seed=9), paths.out / "model.opt.onnx")
+        return str(paths.out / "model.opt.onnx")
+
+    def garbage(paths):
+        (paths.out / "model.opt.onnx").write_bytes(b"garbage")
+        return str(paths.out / "model.opt.onnx")
+
+    def readonly(paths):
+        (paths.out / "ro").mkdir()
+        os.chmod(paths.out / "ro", 0o500)
+        return str(paths.out / "ro" / "model.opt.onnx")
+
+    cases += [
+        out_case("fifo", fifo, allowed_out=("model.opt.onnx",), check=still_fifo, output_name=None),
+        out_case("dev-null", lambda p: "/dev/null", output_name=None),
+        out_case("dev-full", lambda p: "/dev/full", output_name=None),
+        out_case("hardlink-of-input", hardlink, allowed_out=("model.opt.onnx",), output_name=None),
+        out_case("symlink-to-input", symlink, allowed_out=("model.opt.onnx",), output_name=None),
+        out_case("input-itself", lambda p: str(p.inp / "model.onnx"), output_name=None),
+        out_case("input-spelled-with-dotdot", lambda p: str(p.out / ".." / "in" / "model.onnx"), output_name=None),
+        out_case("input-data-file", lambda p: str(p.inp / "model.onnx.data"), external=True, output_name=None),
+        out_case("input-data-as-pair-target", lambda p: str(p.inp / "model.onnx"), external=True, output_name=None),
+        out_case("existing-directory", directory, allowed_out=("model.opt.onnx",), output_name=None),
+        out_case("trailing-slash", lambda p: str(p.out) + "/", output_name=None),
+        out_case("nested-new-folders", lambda p: str(p.out / "a" / "b" / "model.opt.onnx"), expect="ok",
+                 output_name="a/b/model.opt.onnx", allowed_out=("a",)),
+        out_case("unicode-and-spaces", lambda p: str(p.out / "mödel öut 1.onnx"), expect="ok",
+                 output_name="mödel öut 1.onnx"),
+        out_case("over-stale-pair", stale_pair, expect="ok", external=True),
+        out_case("over-garbage-file", garbage, expect="ok"),
+        out_case("over-stale-pair-with-single", stale_pair, expect="ok"),
+        out_case("read-only-folder", readonly, allowed_out=("ro",), output_name=None,
+                 expect="error" if os.geteuid() else "any"),  # root writes anyway
+        out_case("report-beside", lambda p: str(p.out / "model.opt.onnx"), expect="ok",
+                 flags=("--report", "REPORT"), allowed_out=("report.json",)),
+    ]
+    return cases
+
+
+def _fix_report_flag(argv: list[str], paths: Paths) -> list[str]:
+    return [str(paths.out / "report.json") if a == "REPORT" else a for a in argv]
+
+
+# --- kills during a save -----------------------------------------------------------------------------
+
+def kill_cases() -> list[Case]:
+    from tests.fuzz.kills import sigterm_runner, strace_kill_runner
+
+    def terminated_or_done(verdict, paths):  # a run that finished before the signal must simply be right
+        return None if verdict.code in (0, 143) else f"exit {verdict.code} after SIGTERM, expected 143"
+
+    cases = []
+    for i, delay in enumerate((0.0, 0.2, 0.5, 1.0, 1.5, 2.5)):
+        cases.append(Case("kill_save", f"sigterm-while-working-{i}", _quantize_build, subprocess=True,
+                          runner=sigterm_runner(delay), fast=i == 0, lossy=True, extra_check=terminated_or_done,
+                          error_codes=(1, 2, 143)))
+    for k in range(1, 9):
+        cases.append(Case("kill_save", f"sigkill-at-rename-{k}", _external_build, subprocess=True,
+                          runner=strace_kill_runner(k), expect="ok", fast=k == 3, timeout=300))
+    return cases
+
+
+def _quantize_build(paths: Paths, rng) -> list[str]:
+    models.save_external(models.digits(), paths.inp / "model.onnx")
+    shutil.copy(models.DIGITS_CALIB, paths.inp / models.DIGITS_CALIB.name)
+    return _optimize(paths, "--quantize", "int8", "--calibration", paths.inp / models.DIGITS_CALIB.name)
+
+
+def _external_build(paths: Paths, rng) -> list[str]:
+    models.save_external(models.digits(), paths.inp / "model.onnx")
+    return _optimize(paths)
+
+
+# --- option values ----------------------------------------------------------------------------------
+
+def option_cases() -> list[Case]:
+    cases = []
+
+    def opt_case(name, flags, expect="error", xfail=None, fast=True, lossy=False, data=(), check=None, base=None,
+                 extra_files=None, output_name="model.opt.onnx"):
+        def build(paths, rng):
+            _write(paths, (base or models.digits)())
+            for source in data:
+                shutil.copy(source, paths.inp / source.name)
+            if extra_files:
+                extra_files(paths)
+            return _optimize(paths, *[str(paths.inp / f[5:]) if str(f).startswith("DATA:") else f for f in flags])
+        return Case("options", name, build, expect=expect, xfail=xfail, fast=fast, lossy=lossy,
+                    extra_check=check, output_name=output_name)
+
+    calib, test = models.DIGITS_CALIB, models.DIGITS_TEST
+    bad = {
+        "fold-limit-nan": ["--fold-limit", "nan"], "fold-limit-inf": ["--fold-limit", "inf"],
+        "fold-limit-negative": ["--fold-limit", "-1"], "rtol-nan": ["--rtol", "nan"], "atol-negative": ["--atol", "-1"],
+        "rtol-inf": ["--rtol", "inf"], "atol-nan": ["--atol", "nan"], "threads-0": ["--threads", "0"],
+        "threads-100000": ["--threads", "100000"], "threads-negative": ["--threads", "-2"],
+        "shape-20-digit-dim": ["--shape", "input=123456789012345678901x1x8x8"],
+        "shape-negative-dim": ["--shape", "input=-1x1x8x8"], "shape-no-equals": ["--shape", "1x1x8x8"],
+        "shape-letters": ["--shape", "input=axbxc"], "shape-unknown-input": ["--shape", "nope=1x1x8x8"],
+        "level-9": ["--level", "9"], "level-text": ["--level", "two"], "passes-unknown": ["--passes", "bogus"],
+        "skip-unknown": ["--skip", "bogus"], "outputs-unknown": ["--outputs", "nope"],
+        "quantize-unknown": ["--quantize", "int3"],
+        "int8-scheme-unknown": ["--quantize", "int8", "--calibration", "random", "--int8-scheme", "x"],
+        "calibration-method-unknown": ["--quantize", "int8", "--calibration", "random", "--calibration-method", "x"],
+        "sparsity-scope-unknown": ["--sparsity", "0.5", "--sparsity-scope", "x"],
+        "provider-unknown": ["--provider", "quantum"], "target-opset-3": ["--target-opset", "3"],
+        "sparsity-2": ["--sparsity", "2"], "sparsity-nan": ["--sparsity", "nan"], "low-rank-text": ["--low-rank", "x"],
+        "max-drop-without-lossy": ["--max-accuracy-drop", "1"], "eval-without-lossy": ["--eval", "DATA:x.npz"],
+        "inputs-missing-file": ["--inputs", "DATA:missing.npz"],
+        "calibration-missing": ["--quantize", "int8", "--calibration", "DATA:missing.npz"],
+        "calibration-samples-0": ["--quantize", "int8", "--calibration", "random", "--calibration-samples", "0"],
+        "max-drop-nan": ["--quantize", "int8", "--calibration", "random", "--max-accuracy-drop", "nan"],
+        "unknown-flag": ["--frobnicate"], "json-with-error": ["--json", "--rtol", "nan"],
+        "channel-multiple-0": ["--sparsity", "0.3", "--structured", "--channel-multiple", "0"],
+        "sparsity-pattern-bad": ["--sparsity-pattern", "4:2"],
+    }
+    for name, flags in bad.items():
+        cases.append(opt_case(name, flags))
+
+    def not_npz(paths):
+        (paths.inp / "bad.npz").write_bytes(b"not a zip")
+
+    cases.append(opt_case("inputs-not-npz", ["--inputs", "DATA:bad.npz"], extra_files=not_npz))
+
+    def collapse(verdict, paths):
+        import json
+
+        try:
+            report = json.loads(verdict.stdout)
+        except ValueError:
+            return "no JSON report"
+        return None if any("accuracy fell" in w for w in report.get("warnings", [])) else "no accuracy warning"
+
+    cases.append(opt_case("sparsity-collapse-warns", ["--sparsity", "0.8", "--eval", f"DATA:{test.name}", "--json"],
+                          expect="ok", lossy=True, data=(test,), check=collapse))
+    cases.append(opt_case("quantize-int8-valid", ["--quantize", "int8", "--calibration", f"DATA:{calib.name}",
+                                                  "--no-measure"], expect="ok", lossy=True, data=(calib,), fast=False))
+
+    # The input model's work (another engineer): cases kept here, expected to flip when it lands.
+    def arrays(name, **arrays_):
+        def files(paths):
+            np.savez(paths.inp / f"{name}.npz", **arrays_)
+        return files
+
+    rng = np.random.default_rng(0)
+    good = rng.standard_normal((1, 1, 8, 8)).astype(np.float32)
+    item5 = INPUTS_XFAIL.format(5)
+    cases += [
+        opt_case("inputs-wrong-shape", ["--inputs", "DATA:a.npz"], xfail=item5,
+                 extra_files=arrays("a", input=rng.standard_normal((1, 3, 5)).astype(np.float32))),
+        opt_case("inputs-wrong-dtype", ["--inputs", "DATA:a.npz"], xfail=item5,
+                 extra_files=arrays("a", input=good.astype(np.int64))),
+        opt_case("inputs-nan", ["--inputs", "DATA:a.npz"], xfail=item5,
+                 extra_files=arrays("a", input=np.full((1, 1, 8, 8), np.nan, np.float32))),
+        opt_case("inputs-extra-name", ["--inputs", "DATA:a.npz"], xfail=item5,
+                 extra_files=arrays("a", input=good, bogus=good)),
+        opt_case("calibration-nan", ["--quantize", "int8", "--calibration", "DATA:c.npz"], xfail=INPUTS_XFAIL.format(4),
+                 extra_files=arrays("c", input=np.full((8, 1, 8, 8), np.nan, np.float32))),
+        opt_case("calibration-inf", ["--quantize", "int8", "--calibration", "DATA:c.npz"], xfail=INPUTS_XFAIL.format(4),
+                 extra_files=arrays("c", input=np.full((8, 1, 8, 8), np.inf, np.float32))),
+    ]
+    # Valid settings must still work.
+    for name, flags in {"level-0": ["--level", "0"], "level-1": ["--level", "1"], "threads-1": ["--threads", "1"],
+                        "fold-limit-0": ["--fold-limit", "0"], "rtol-0": ["--rtol", "0", "--atol", "0.001"],
+                        "shape-batch-4": ["--shape", "input=4x1x8x8"], "json": ["--json"],
+                        "no-verify": ["--no-verify"]}.items():
+        cases.append(opt_case(f"valid-{name}", flags, expect="ok", fast=name in ("json", "level-1")))
+    return cases
+
+
+FAMILIES = {
+    "corruption": corruption_cases,
+    "invalid_graph": invalid_graph_cases,
+    "resource_bomb": resource_bomb_cases,
+    "external_data": external_data_cases,
+    "output_path": output_path_cases,
+    "kill_save": kill_cases,
+    "options": option_cases,
+}
+
+
+def all_cases(families=None) -> list[Case]:
+    cases = []
+    for family, make in FAMILIES.items():
+        if families is None or family in families:
+            cases += make()
+    ids = [c.id for c in cases]
+    assert len(ids) == len(set(ids)), "duplicate case names"
+    return cases
+
+
+def build_case(case: Case, paths: Paths) -> list[str]:
+    for folder in (paths.inp, paths.out, paths.tmp):
+        folder.mkdir(parents=True, exist_ok=True)
+    argv = case.build(paths, case.rng())
+    return _fix_report_flag(argv, paths)
