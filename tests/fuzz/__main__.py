@@ -11,6 +11,7 @@ import collections
 import json
 import os
 import pathlib
+import shutil
 import sys
 import tempfile
 import time
@@ -48,7 +49,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json", type=pathlib.Path, help="also write every case's verdict here")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
-    root = args.keep or pathlib.Path(tempfile.mkdtemp(prefix="graphopt-fuzz-"))
+    root = args.keep or pathlib.Path(tempfile.mkdtemp(prefix="fuzz-corpus-"))
     prepare_root(root)
     cases = [c for c in all_cases(args.family) if c.fast or not args.fast]
     by_family = collections.defaultdict(list)
@@ -95,6 +96,8 @@ def main(argv=None) -> int:
     print(f"total: {total}")
     if args.json:
         args.json.write_text(json.dumps(everything, indent=1))
+    if not args.keep:
+        shutil.rmtree(root, ignore_errors=True)
     return 1 if total["wrong"] or total["tracebacks"] or total["hangs"] else 0
 
 

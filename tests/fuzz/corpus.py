@@ -64,6 +64,15 @@ def _optimize(paths: Paths, *flags) -> list[str]:
     return ["optimize", str(paths.inp / "model.onnx"), "-o", str(paths.out / "model.opt.onnx"), *map(str, flags)]
 
 
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not n:
+            return bytes(out)
+
+
 def _write(paths: Paths, proto_or_bytes) -> pathlib.Path:
     path = paths.inp / "model.onnx"
     data = proto_or_bytes if isinstance(proto_or_bytes, (bytes, bytearray)) else proto_or_bytes.SerializeToString()
@@ -372,11 +381,13 @@ def invalid_graph_cases() -> list[Case]:
 def resource_bomb_cases() -> list[Case]:
     cases = []
 
+    # Slow bombs run as subprocesses under harness.MEMORY_LIMIT: one that explodes must not take the machine.
     def text_case(name, text, expect="any", fast=False, xfail=None, flags=(), timeout=None):
         def build(paths, rng):
             _write(paths, models.parse(text))
             return _optimize(paths, *flags)
-        return Case("resource_bomb", name, build, expect=expect, fast=fast, xfail=xfail, timeout=timeout)
+        return Case("resource_bomb", name, build, expect=expect, fast=fast, xfail=xfail, timeout=timeout,
+                    subprocess=not fast)
 
     cases += [
         text_case("constant-of-shape-100mb", f"""{_OPSET} g (float[1] x) => (float[1] y) {{
@@ -418,7 +429,7 @@ def resource_bomb_cases() -> list[Case]:
         def build(paths, rng):
             _write(paths, models.digits())
             return _optimize(paths, "--shape", f"input={dims}")
-        return Case("resource_bomb", name, build, expect=expect, xfail=xfail, fast=fast)
+        return Case("resource_bomb", name, build, expect=expect, xfail=xfail, fast=fast, subprocess=not fast)
 
     cases += [shape_flag("shape-flag-100m-batch", "100000000x1x8x8", xfail=INPUTS_XFAIL.format(6)),
               shape_flag("shape-flag-20-digit-dim", "123456789012345678901x1x8x8", expect="error", fast=True)]
@@ -427,24 +438,44 @@ def resource_bomb_cases() -> list[Case]:
         def build(paths, rng):
             _write(paths, make())
             return _optimize(paths)
-        return Case("resource_bomb", name, build, expect=expect, fast=fast, timeout=timeout)
+        return Case("resource_bomb", name, build, expect=expect, fast=fast, timeout=timeout, subprocess=not fast)
 
     def deep_if(depth: int):
+        """If inside If, `depth` levels (each else branch a plain Neg, so the file grows linearly)."""
         def make():
-            body_out = "x"
-            graph = None
-            for level in range(depth):
-                then_graph = oh.make_graph([oh.make_node("Identity", [body_out if level == 0 else f"o{level - 1}"],
-                                                         [f"t{level}"])] if graph is None else
-                                           [oh.make_node("If", ["c"], [f"t{level}"], then_branch=graph,
-                                                         else_branch=graph, name=f"if{level}")],
-                                           f"then{level}", [], [oh.make_tensor_value_info(f"t{level}", 1, [2])])
-                graph = then_graph
-            node = oh.make_node("If", ["c"], ["y"], then_branch=graph, else_branch=graph, name="top")
-            g = oh.make_graph([node], "deep", [oh.make_tensor_value_info("x", 1, [2]),
-                                               oh.make_tensor_value_info("c", onnx.TensorProto.BOOL, [])],
-                              [oh.make_tensor_value_info("y", 1, [2])])
+            graph = oh.make_graph([oh.make_node("Identity", ["x"], ["t0"])], "leaf", [],
+                                  [oh.make_tensor_value_info("t0", 1, [2])])
+            for level in range(1, depth + 1):
+                other = oh.make_graph([oh.make_node("Neg", ["x"], [f"e{level}"])], f"else{level}", [],
+                                      [oh.make_tensor_value_info(f"e{level}", 1, [2])])
+                node = oh.make_node("If", ["c"], [f"t{level}"], then_branch=graph, else_branch=other, name=f"if{level}")
+                graph = oh.make_graph([node], f"then{level}", [], [oh.make_tensor_value_info(f"t{level}", 1, [2])])
+            g = oh.make_graph(list(graph.node), "deep", [oh.make_tensor_value_info("x", 1, [2]),
+                                                         oh.make_tensor_value_info("c", onnx.TensorProto.BOOL, [])],
+                              [oh.make_tensor_value_info(f"t{depth}", 1, [2])])
             return oh.make_model(g, opset_imports=[oh.make_opsetid("", 17)], ir_version=8)
+        return make
+
+    def deep_if_bytes(depth: int):
+        """The same nesting written as raw protobuf, past what protobuf parsers accept (upb: 100 levels)."""
+        def field(number: int, payload: bytes) -> bytes:
+            return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+        def make():
+            out = oh.make_tensor_value_info("t", 1, [2]).SerializeToString()
+            other = oh.make_graph([oh.make_node("Neg", ["x"], ["t"])], "e", [],
+                                  [oh.make_tensor_value_info("t", 1, [2])]).SerializeToString()
+            graph = oh.make_graph([oh.make_node("Identity", ["x"], ["t"])], "leaf", [],
+                                  [oh.make_tensor_value_info("t", 1, [2])]).SerializeToString()
+            for level in range(depth):
+                then_attr = field(1, b"then_branch") + field(6, graph) + _varint(20 << 3) + _varint(5)
+                else_attr = field(1, b"else_branch") + field(6, other) + _varint(20 << 3) + _varint(5)
+                node = field(1, b"c") + field(2, b"t") + field(4, b"If") + field(5, then_attr) + field(5, else_attr)
+                graph = field(1, node) + field(2, f"g{level}".encode()) + field(12, out)
+            inputs = (field(11, oh.make_tensor_value_info("x", 1, [2]).SerializeToString())
+                      + field(11, oh.make_tensor_value_info("c", onnx.TensorProto.BOOL, []).SerializeToString()))
+            opset = oh.make_opsetid("", 17).SerializeToString()
+            return _varint(1 << 3) + _varint(8) + field(7, graph + inputs) + field(8, opset)
         return make
 
     def long_chain(n: int):
@@ -485,7 +516,9 @@ def resource_bomb_cases() -> list[Case]:
         return _sparse_model([0], [1_000_000, 1_000_000])
 
     cases += [
-        generated("deep-if-nesting-40", deep_if(40), "ok"),
+        generated("deep-if-nesting-20", deep_if(20), "ok"),
+        generated("deep-if-nesting-200-raw", deep_if_bytes(200), "error"),
+        generated("deep-if-nesting-10-raw", deep_if_bytes(10), "ok"),
         generated("chain-3000-nodes", long_chain(3000), "ok", timeout=240),
         generated("500-outputs", many_outputs(500), "ok"),
         generated("100kb-node-names", long_names(100_000), "ok"),
@@ -742,7 +775,7 @@ def kill_cases() -> list[Case]:
 
 
 def _quantize_build(paths: Paths, rng) -> list[str]:
-    models.save_external(models.digits(), paths.inp / "model.onnx")
+    _write(paths, models.digits())
     shutil.copy(models.DIGITS_CALIB, paths.inp / models.DIGITS_CALIB.name)
     return _optimize(paths, "--quantize", "int8", "--calibration", paths.inp / models.DIGITS_CALIB.name)
 

@@ -223,25 +223,36 @@ def run_in_process(argv: list[str], paths: Paths, timeout: float) -> tuple[int |
     return code, captured["stdout"], captured["stderr"], hung, audit.violations
 
 
+MEMORY_LIMIT = 6 << 30  # address space of a subprocess case: a bomb fails there, not on the machine
+
+
+def _limit_memory() -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+
+
 def run_subprocess(argv: list[str], paths: Paths, timeout: float) -> tuple[int | None, str, str, bool, list[str]]:
     script = pathlib.Path(sys.executable).parent / "graphopt"
     command = [str(script)] if script.exists() else [sys.executable, "-m", "graphopt"]
     env = dict(os.environ, TMPDIR=str(paths.tmp))
     try:
         proc = subprocess.run([*command, *argv], capture_output=True, text=True, timeout=timeout, env=env,
-                              cwd=paths.case)
+                              cwd=paths.case, preexec_fn=_limit_memory)
     except subprocess.TimeoutExpired as e:
         return None, e.stdout or "", e.stderr or "", True, []
     return proc.returncode, proc.stdout, proc.stderr, False, []
 
 
-def _ort_run(path, feeds=None):
+def _session(path):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 4
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _ort_run(path, feeds=None):
+    session = _session(path)
     if feeds is None:
         feeds = _feeds(session)
     names = [o.name for o in session.get_outputs()]
@@ -284,8 +295,13 @@ def _check_output(source: pathlib.Path, output: pathlib.Path, lossy: bool) -> st
         proto = onnx.load(str(output), load_external_data=False)
     except Exception as e:  # noqa: BLE001
         return f"output does not load: {e}"
+    try:  # inputs from the output's declared shapes: --shape may have fixed a dynamic dim
+        feeds = _feeds(_session(output))
+    except Exception as e:  # noqa: BLE001
+        feeds = None
+        load_error = str(e)[:200]
     try:
-        feeds, expected = _ort_run(source)
+        feeds, expected = _ort_run(source, feeds)
     except Exception:  # noqa: BLE001 - ORT cannot run the original (custom ops): the output must still be a model
         original = onnx.load(str(source), load_external_data=False)
         used = {i for n in original.graph.node for i in n.input} | {o.name for o in original.graph.output}
@@ -294,6 +310,8 @@ def _check_output(source: pathlib.Path, output: pathlib.Path, lossy: bool) -> st
                         if n.domain not in ("", "ai.onnx") and used.intersection(n.output))
         kept = sorted(n.op_type for n in proto.graph.node if n.domain not in ("", "ai.onnx"))
         return None if set(custom) <= set(kept) else f"custom nodes changed: {custom} -> {kept}"
+    if feeds is None:
+        return f"ORT cannot load the output: {load_error}"
     try:
         _, got = _ort_run(output, feeds)
     except Exception as e:  # noqa: BLE001
