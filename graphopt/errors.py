@@ -36,7 +36,8 @@ class BudgetError(GraphoptError):
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 # ORT's C++ decorations: "[ONNXRuntimeError] : 1 : FAIL : ", "/onnxruntime_src/...cc:79 onnxruntime::F(args) ",
 # "tensorprotoutils.cc:2080 ResolveExternalDataInfoForTensorProto ".
-_ORT_NOISE = re.compile(r"\[ONNXRuntimeError\] : \d+ : \w+ : |/onnxruntime_src/\S+:\d+ \S+?\(.*?\) (?=\[|\w)"
+_ORT_NOISE = re.compile(r"\[ONNXRuntimeError\] : \d+ : \w+ : |Load model from .+? failed: ?"
+                        r"|/onnxruntime_src/\S+:\d+ \S+?\(.*?\) (?=\[|\w)"
                         r"|\b\w+\.(?:cc|h|cpp):\d+ (?:\w+::)*\w+ ")
 
 

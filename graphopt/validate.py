@@ -110,9 +110,9 @@ def check_structure(model: ir.Model, where: str, *, file: pathlib.Path | None = 
                     proto: onnx.ModelProto | None = None) -> None:
     """Raise InputError if `model` is not a valid ONNX model; sorts a graph that is merely out of order.
 
-    The checker reads `proto` if given (external data not loaded), else `file` (a model file
-    without external data); ONNX Runtime, when it has to decide, loads `file` if given. With
-    neither, or a proto over 2 GB, only the checks on the IR run.
+    The checker reads `proto` if given (external data not loaded), else `file`; ONNX Runtime,
+    when it has to decide, loads `file` if given. With neither, or a proto over 2 GB, only the
+    checks on the IR run.
     """
     _check_text(model, where)
     _check_node_names(model, where)
@@ -122,41 +122,71 @@ def check_structure(model: ir.Model, where: str, *, file: pathlib.Path | None = 
         _refuse_undefined(model, where, None)
         return
     target = proto if proto is not None else str(file)
-    try:  # the full check includes the plain one: one parse when the model is valid
-        onnx.checker.check_model(target, full_check=True)
+    error = _checker_error(target, where)  # the full check includes the plain one: one parse when valid
+    if error is None:
         return
+    if _SHAPELESS in str(error):  # a graph input/output with a type but no shape: ORT and onnx-ir take it
+        target = _with_empty_shapes(proto if proto is not None else onnx.load(str(file), load_external_data=False))
+        error = _checker_error(target, where)
+        if error is None:
+            return
+    plain = _checker_error(target, where, full=False)
+    if plain is not None and "topologically sorted" in str(plain):
+        _sort_or_refuse(model, where, plain)  # undefined inputs and cycles are refused here
+        target = _with_empty_shapes(ir.serde.serialize_model(model))  # rare: check what the passes will see
+        error = _checker_error(target, where)
+        if error is None:
+            return
+        plain = _checker_error(target, where, full=False)
+    # The checker refuses it. ORT, which runs the model, decides; it cannot judge custom ops, so
+    # there only structural faults of the default domain are refused (custom ops stay untouched).
+    if _custom_domains(model):
+        if plain is not None and any(p in str(plain) for p in _FATAL):
+            raise InputError(f"{where}: invalid model: {first_line(plain)} (onnx.checker); fix or re-export it") \
+                from plain
+        logger.debug("%s: the checker refuses a model with custom ops (kept): %s", where, first_line(error))
+        return
+    refusal = _ort_refusal(file if file is not None else target)
+    if refusal is None:
+        logger.debug("%s: the checker refuses it but ONNX Runtime loads it (kept): %s", where, first_line(error))
+        return
+    shown = plain if plain is not None else error
+    raise InputError(f"{where}: invalid model: {first_line(shown)} (ONNX Runtime: {refusal}); fix or re-export it") \
+        from shown
+
+
+_SHAPELESS = "Field 'shape' of 'type' is required but missing"
+# What the checker reports for the faults of issue 15 that ORT cannot judge on a custom-op model.
+_FATAL = ("No Op registered", "Mismatched attribute type", "Unrecognized attribute", "output size", "input size",
+          "Cycle detected", "opset_import", "static single assignment", "Duplicate", "is not a registered",
+          "Required attribute")
+
+
+def _checker_error(target, where: str, full: bool = True) -> Exception | None:
+    try:
+        onnx.checker.check_model(target, full_check=full)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
-        strict = e
+        return e
     except UnicodeDecodeError as e:  # the checker's message quotes a corrupt name
         raise InputError(f"{where}: invalid model: a name or string is not valid UTF-8 (a corrupt file?)") from e
-    try:
-        onnx.checker.check_model(target)
-    except onnx.checker.ValidationError as e:
-        if "topologically sorted" not in str(e):
-            raise InputError(f"{where}: invalid model: {first_line(e)} (onnx.checker); fix or re-export it") from e
-        _sort_or_refuse(model, where, e)
-        sorted_proto = ir.serde.serialize_model(model)  # rare: check again what the passes will see
-        try:
-            onnx.checker.check_model(sorted_proto, full_check=True)
-            return
-        except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e2:
-            strict = e2
-            try:
-                onnx.checker.check_model(sorted_proto)
-            except onnx.checker.ValidationError as e3:
-                raise InputError(f"{where}: invalid model: {first_line(e3)} (onnx.checker); fix or re-export it") \
-                    from e3
-        proto = proto if file is not None else sorted_proto
-    # Only strict type/shape inference failed: ORT decides, custom ops are never refused.
-    if _custom_domains(model):
-        logger.debug("%s: strict inference failed on a model with custom ops (kept): %s", where, first_line(strict))
-        return
-    refusal = _ort_refusal(file if file is not None else proto)
-    if refusal is None:
-        logger.debug("%s: strict inference failed but ONNX Runtime loads it (kept): %s", where, first_line(strict))
-        return
-    raise InputError(f"{where}: invalid model: {first_line(strict)} (ONNX Runtime: {refusal}); fix or re-export it") \
-        from strict
+    return None
+
+
+def _with_empty_shapes(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """`proto` with an unknown-rank shape on every tensor type that has none (what the checker wants)."""
+    def fix(graph: onnx.GraphProto) -> None:
+        for info in (*graph.input, *graph.output, *graph.value_info):
+            if info.type.HasField("tensor_type") and not info.type.tensor_type.HasField("shape"):
+                info.type.tensor_type.shape.SetInParent()
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    fix(attr.g)
+                for g in attr.graphs:
+                    fix(g)
+
+    fix(proto.graph)
+    return proto
 
 
 def _strings(model: ir.Model):
