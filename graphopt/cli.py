@@ -443,7 +443,9 @@ def main(argv: list[str] | None = None) -> None:
         _fail(f"internal error: {type(e).__name__}: {_first_line(e)} (rerun with --debug for details)", 3, e)
     finally:
         if in_main:
-            signal.signal(signal.SIGTERM, previous)
+            # The whole process (console script) is exiting: a SIGTERM now would cut short the removal
+            # of temporary files, so it is ignored. An in-process caller gets its handler back.
+            signal.signal(signal.SIGTERM, signal.SIG_IGN if argv is None else previous)
 
 
 def _first_line(e: BaseException) -> str:
