@@ -160,7 +160,7 @@ def commit(model_file: pathlib.Path, data_file: pathlib.Path | None, target: pat
     Both staged files must be on `target`'s file system. Returns the files now in place.
     """
     folder = target.parent
-    protected = {p.name for p in protect if p.parent == folder}
+    protected = {p.name for p in map(pathlib.Path.resolve, map(pathlib.Path, protect)) if p.parent == folder}
     with _locked(folder):
         written = [target]
         if data_file is not None:

@@ -7,13 +7,17 @@
    `offset`/`length` must fit the file and `length` must equal the tensor's size (ORT refuses a
    mismatch only when a session starts; onnx-ir reads past it). `ir.load` reads no weight, so this
    runs before any byte of external data is read.
-2. Structure (`check_structure`). `onnx.checker.check_model` decides: cycles, undefined inputs,
-   unknown default-domain ops, wrong attribute types, missing opset imports, recursive functions.
-   A graph that is only out of order (ORT accepts those) is sorted instead of refused. Duplicate
-   node names, which ORT refuses and the checker does not, are checked here. The full check (strict
-   type and shape inference) then runs; where it fails but ONNX Runtime loads the model (onnx
-   infers some function bodies more strictly than ORT), or the model has custom-domain ops that
-   ORT cannot load, the model is accepted: those ops are left untouched, never refused.
+2. Structure (`check_structure`). `onnx.checker.check_model(full_check=True)` runs first (one
+   parse of a valid model). What it refuses is decided as ORT, which runs the model, decides:
+   a graph that is only out of order is sorted (ORT sorts too), but undefined inputs and cycles
+   are refused; graph inputs/outputs without a shape are checked again with an unknown shape
+   (the checker wants one, ORT does not); anything else is refused if ONNX Runtime cannot load
+   the model either (unknown default-domain ops, wrong attribute types, type mismatches, missing
+   opset imports, recursive functions, nodes without outputs) and kept if it can (onnx infers
+   some function bodies more strictly). ORT cannot judge a model with custom-domain ops, so
+   there only the structural faults above are refused and the custom ops are left untouched.
+   Names that are not valid UTF-8 (a bit flip protobuf passes) and duplicate node names (ORT
+   refuses them, the checker does not) are checked on the IR.
 
 Models given as protos or IR go through the same checks where a serialized form exists; the
 checker reads a model file with external data without its weights, and a proto over 2 GB or a
