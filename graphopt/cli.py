@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import pathlib
 import signal
 import sys
@@ -141,6 +142,10 @@ def optimize(
     if model.exists() and out_path.resolve() == model.resolve():
         raise UsageError(f"{out_path}: output would overwrite the input; choose another path with -o")
     check_output_path(out_path, {model} if model.exists() else set())  # before any work: a hard link, a FIFO
+    if report_file is not None and model.exists() and (
+            report_file.resolve() in (model.resolve(), out_path.resolve())
+            or (report_file.exists() and os.path.samefile(report_file, model))):
+        raise UsageError(f"--report {report_file}: that is the input or the output model; choose another path")
     compress = dict(sparsity=sparsity, structured=structured, sparsity_pattern=sparsity_pattern, low_rank=low_rank,
                     sparsity_scope=sparsity_scope, prune_criterion=prune_criterion,
                     channel_multiple=channel_multiple, sparse_format=sparse_format)

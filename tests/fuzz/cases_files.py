@@ -232,9 +232,15 @@ def output_path_cases() -> list[Case]:
                  expect="error" if os.geteuid() else "any"),  # root writes anyway
         out_case("report-beside", lambda p: str(p.out / "model.opt.onnx"), expect="ok",
                  flags=("--report", "REPORT"), allowed_out=("report.json",)),
+        out_case("report-onto-input", lambda p: str(p.out / "model.opt.onnx"), flags=("--report", "INPUT_MODEL"),
+                 output_name=None),
+        out_case("report-onto-output", lambda p: str(p.out / "model.opt.onnx"), flags=("--report", "OUTPUT_MODEL"),
+                 output_name=None),
     ]
     return cases
 
 
 def _fix_report_flag(argv: list[str], paths: Paths) -> list[str]:
-    return [str(paths.out / "report.json") if a == "REPORT" else a for a in argv]
+    names = {"REPORT": paths.out / "report.json", "INPUT_MODEL": paths.inp / "model.onnx",
+             "OUTPUT_MODEL": paths.out / "model.opt.onnx"}
+    return [str(names[a]) if a in names else a for a in argv]
