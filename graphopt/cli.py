@@ -134,9 +134,8 @@ def optimize(
 ) -> None:
     """Optimize MODEL, verify it against the original and write the result."""
     from graphopt.api import optimize as run_optimize
-    from graphopt.report import render, to_markdown
-
     from graphopt.io import check_output_path
+    from graphopt.report import render, to_markdown
 
     out_path = output or _default_output(model)
     if model.exists() and out_path.resolve() == model.resolve():
@@ -422,7 +421,7 @@ def main(argv: list[str] | None = None) -> None:
         if isinstance(code, int) and code:
             sys.exit(code)
     except GraphoptError as e:
-        _fail(str(e), e.exit_code, e)
+        _fail(str(e), e.exit_code)
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except KeyboardInterrupt as e:
@@ -453,8 +452,7 @@ def main(argv: list[str] | None = None) -> None:
             signal.signal(signal.SIGTERM, signal.SIG_IGN if argv is None else previous)
 
 
-def _first_line(e: BaseException) -> str:
-    return first_line(e)
+_first_line = first_line
 
 
 def _print_json(data: dict, error: str | None, code: int) -> None:
