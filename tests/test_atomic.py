@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import stat
 import subprocess
 import sys
 import time
@@ -113,9 +114,17 @@ def test_fifo_device_folder_and_hard_link_targets_are_refused(tmp_path):
     os.mkfifo(fifo)
     (tmp_path / "dir.onnx").mkdir()
     os.link(src, tmp_path / "hard.onnx")
-    for target, needle in ((fifo, "a FIFO"), ("/dev/null", "a device"), (tmp_path / "dir.onnx", "a folder"),
-                           (tmp_path / "hard.onnx", "refusing to overwrite the input")):
+    targets = [(fifo, "a FIFO"), (tmp_path / "dir.onnx", "a folder"),
+               (tmp_path / "hard.onnx", "refusing to overwrite the input")]
+    device = tmp_path / "null.onnx"  # a private /dev/null: a regression must not replace the system's
+    try:
+        os.mknod(device, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+        targets.append((device, "a device"))
+    except OSError:
+        pass  # no CAP_MKNOD here
+    for target, needle in targets:
         with pytest.raises(UsageError, match=needle):
             io.save(model, target, protect={src})
     assert fifo.is_fifo() and (tmp_path / "dir.onnx").is_dir()
+    assert not device.exists() or device.is_char_device()
     assert os.path.samefile(src, tmp_path / "hard.onnx")

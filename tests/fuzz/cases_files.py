@@ -184,6 +184,22 @@ def output_path_cases() -> list[Case]:
     def still_fifo(verdict, paths):
         return None if stat.S_ISFIFO(os.stat(paths.out / "model.opt.onnx").st_mode) else "the FIFO was replaced"
 
+    def device(minor: int):
+        """A private copy of /dev/null (1, 3) or /dev/full (1, 7): never the system's own node, which a
+        regression (or an old graphopt) would replace with a regular file for everyone on the machine."""
+        def prepare(paths):
+            target = paths.out / "model.opt.onnx"
+            try:
+                os.mknod(target, stat.S_IFCHR | 0o666, os.makedev(1, minor))
+            except OSError:  # no CAP_MKNOD: a FIFO is the closest special file
+                os.mkfifo(target)
+            return str(target)
+        return prepare
+
+    def still_device(verdict, paths):
+        mode = os.stat(paths.out / "model.opt.onnx").st_mode
+        return None if stat.S_ISCHR(mode) or stat.S_ISFIFO(mode) else "the device node was replaced"
+
     def hardlink(paths):
         os.link(paths.inp / "model.onnx", paths.out / "model.opt.onnx")
         return str(paths.out / "model.opt.onnx")
@@ -211,8 +227,8 @@ def output_path_cases() -> list[Case]:
 
     cases += [
         out_case("fifo", fifo, allowed_out=("model.opt.onnx",), check=still_fifo, output_name=None),
-        out_case("dev-null", lambda p: "/dev/null", output_name=None),
-        out_case("dev-full", lambda p: "/dev/full", output_name=None),
+        out_case("char-device-null", device(3), allowed_out=("model.opt.onnx",), check=still_device, output_name=None),
+        out_case("char-device-full", device(7), allowed_out=("model.opt.onnx",), check=still_device, output_name=None),
         out_case("hardlink-of-input", hardlink, allowed_out=("model.opt.onnx",), output_name=None),
         out_case("symlink-to-input", symlink, allowed_out=("model.opt.onnx",), output_name=None),
         out_case("input-itself", lambda p: str(p.inp / "model.onnx"), output_name=None),
