@@ -124,7 +124,7 @@ def make_session(model, *, optimize: bool = True, threads: int = 0, providers=No
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # errors reach the user as one line, not ORT's log
     if threads:
         options.intra_op_num_threads = threads
     if not optimize:

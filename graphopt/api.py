@@ -6,6 +6,7 @@ __all__ = ["OptimizeResult", "optimize", "inspect"]
 
 import concurrent.futures
 import logging
+import numbers
 import os
 import pathlib
 import tempfile
@@ -17,6 +18,7 @@ import onnx
 import onnx_ir as ir
 
 from graphopt import io
+from graphopt.errors import UsageError
 from graphopt.analysis import analyze
 from graphopt.pipeline import PassOptions, Pipeline, select
 from graphopt.report import Report
@@ -161,6 +163,8 @@ def optimize(
     from graphopt.bench import resolve_provider
 
     resolve_provider(provider)  # an unknown or uninstalled provider fails before any work
+    _check_values(rtol=rtol, atol=atol, fold_limit_mb=fold_limit_mb, threads=threads, shapes=shapes,
+                  calibration_samples=calibration_samples)
 
     start = time.perf_counter()
     level = DEFAULT_LEVEL if level is None and not passes else level
@@ -214,7 +218,7 @@ def optimize(
         finally:
             quiet.setLevel(level)
     # Staged in a private directory of the temp dir; save() moves it to where the user wants it.
-    staged = io.stage(working, pathlib.Path(tempfile.gettempdir()) / "optimized.onnx")
+    staged = io.stage_scratch(working)
     file_after = sum(t.stat().st_size for t in staged.path.parent.iterdir())
     if verify and progress:
         progress("verify")
@@ -267,6 +271,7 @@ def optimize(
             compressed.score_final(working)
             if compressed.sparse_format:
                 file_after = saved_bytes(working, compressed.sparse_format)
+    warnings += _collapse_warning(compressed and compressed.section, lossy_section, max_accuracy_drop)
     bench_section = None
     if bench:  # the final model (after any lossy stage) against the original, on the target provider
         if progress:
@@ -293,6 +298,42 @@ def optimize(
         staged = None
     return OptimizeResult(working, report, protect, sparse_format=compressed and compressed.sparse_format,
                           staged=staged)
+
+
+_COLLAPSE_POINTS = 1.0
+
+
+def _collapse_warning(compress_section: dict | None, lossy_section: dict | None, budget) -> list[str]:
+    """A lossy run without --max-accuracy-drop that measured a drop over a point says so."""
+    if budget is not None:
+        return []
+    first = compress_section or lossy_section
+    last = lossy_section or compress_section
+    if not first or not last or "accuracy_drop" not in last:
+        return []
+    before = first.get("accuracy_before")
+    after = (compress_section or {}).get("accuracy_after_all_stages", last.get("accuracy_after"))
+    if before is None or after is None or not before - after > _COLLAPSE_POINTS:
+        return []
+    return [f"accuracy fell {before - after:.2f} points ({last.get('metric', 'score')} {before:g} -> {after:g}) "
+            f"with no --max-accuracy-drop; set one to keep the most sensitive layers until the drop fits"]
+
+
+def _check_values(*, rtol, atol, fold_limit_mb, threads, shapes, calibration_samples) -> None:
+    """Bad numbers are usage errors before any work (not a crash, not a verification failure)."""
+    from graphopt.limits import MAX_DIM, check_number, check_threads
+
+    check_number("--rtol", rtol)
+    check_number("--atol", atol)
+    check_number("--fold-limit", fold_limit_mb, what="megabytes")
+    check_threads(threads)
+    if calibration_samples is not None and (isinstance(calibration_samples, bool)
+                                            or not isinstance(calibration_samples, numbers.Integral)
+                                            or calibration_samples < 1):
+        raise UsageError(f"--calibration-samples {calibration_samples}: give 1 or more (or leave it out for all)")
+    for name, dims in (shapes or {}).items():
+        if any(isinstance(d, bool) or not isinstance(d, numbers.Integral) or not 0 <= d <= MAX_DIM for d in dims):
+            raise UsageError(f"--shape {name}={'x'.join(map(str, dims))}: each dim must be an integer 0..{MAX_DIM}")
 
 
 def _bench_section(original, optimized: ir.Model, provider: str, threads: int | None, feeds: dict,

@@ -129,7 +129,7 @@ def session_options(threads: int | None = None, ort_level: str = "all",
     if ort_level not in _ORT_LEVELS:
         raise UsageError(f"ORT optimization level {ort_level!r}: choose one of {', '.join(_ORT_LEVELS)}")
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # errors reach the user as one line, not ORT's log
     options.graph_optimization_level = _ORT_LEVELS[ort_level]
     if threads:
         options.intra_op_num_threads = threads
@@ -397,7 +397,7 @@ spec = json.loads(sys.argv[1])
 with np.load(spec["feeds"], allow_pickle=False) as data:
     feeds = {k: data[k] for k in data.files}
 options = ort.SessionOptions()
-options.log_severity_level = 3
+options.log_severity_level = 4  # errors reach the user as one line, not ORT's log
 options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, spec["ort_level"])
 if spec["threads"]:
     options.intra_op_num_threads = spec["threads"]
@@ -495,12 +495,14 @@ def bench(
     declared shapes (`shapes` and `batch` fill dynamic dims; other dynamic dims become 1 and
     the result warns). `progress(stage, done, total)` is called as work advances.
     """
+    from graphopt.limits import check_threads
     from graphopt.verify import load_npz
 
     if not models:
         raise UsageError("bench needs at least one model")
     if runs < 1 or warmup < 0 or init_repeats < 1:
         raise UsageError("bench: --runs and repeats must be >= 1 and --warmup >= 0")
+    check_threads(threads)
     providers = resolve_provider(provider)
     shapes = dict(shapes or {})
     warnings: list[str] = []

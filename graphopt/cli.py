@@ -6,9 +6,13 @@ usage, 3 internal error. Errors are one line on stderr, never a traceback (unles
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import pathlib
+import signal
 import sys
+import threading
 from typing import Optional
 
 from graphopt.startup import defer_sympy
@@ -18,13 +22,14 @@ defer_sympy()  # before anything imports onnx-ir
 import typer  # noqa: E402
 from rich.console import Console  # noqa: E402
 
-from graphopt.errors import GraphoptError, UsageError  # noqa: E402
+from graphopt.errors import GraphoptError, UsageError, first_line  # noqa: E402
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
                   help="Optimize ONNX models, verified in ONNX Runtime.")
 _out = Console()
 _err = Console(stderr=True)
 _debug = False
+_json = False  # --json anywhere on the command line: failures print a JSON object too
 
 
 def _csv(text: str | None) -> list[str] | None:
@@ -132,11 +137,17 @@ def optimize(
 ) -> None:
     """Optimize MODEL, verify it against the original and write the result."""
     from graphopt.api import optimize as run_optimize
+    from graphopt.io import check_output_path
     from graphopt.report import render, to_markdown
 
     out_path = output or _default_output(model)
     if model.exists() and out_path.resolve() == model.resolve():
         raise UsageError(f"{out_path}: output would overwrite the input; choose another path with -o")
+    check_output_path(out_path, {model} if model.exists() else set())  # before any work: a hard link, a FIFO
+    if report_file is not None and model.exists() and (
+            report_file.resolve() in (model.resolve(), out_path.resolve())
+            or (report_file.exists() and os.path.samefile(report_file, model))):
+        raise UsageError(f"--report {report_file}: that is the input or the output model; choose another path")
     compress = dict(sparsity=sparsity, structured=structured, sparsity_pattern=sparsity_pattern, low_rank=low_rank,
                     sparsity_scope=sparsity_scope, prune_criterion=prune_criterion,
                     channel_multiple=channel_multiple, sparse_format=sparse_format)
@@ -159,14 +170,20 @@ def optimize(
         report.warnings.append(f"verification failed: {out_path} not written (use --force to write it anyway)")
     else:
         result.save(out_path)
+    error = None
+    if failed:
+        bad = [f"{c.name} (max abs diff {c.max_abs_diff:.3g})" for c in report.verification.outputs if not c.ok]
+        error = (f"verification failed: {', '.join(bad) or report.verification.reason}; "
+                 + (f"{out_path} written anyway (--force)" if force else f"{out_path} not written (--force writes it)"))
     if json_out:
-        print(report.to_json())
+        _print_json(report.to_dict(), error, 1)
     else:
         render(report, _out)
     if report_file:
         text = to_markdown(report) if report_file.suffix.lower() == ".md" else report.to_json()
         report_file.write_text(text)
-    if failed:
+    if error:
+        _error_line(error)
         raise typer.Exit(1)
 
 
@@ -191,8 +208,6 @@ def inspect(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Opsets, producer, op histogram, parameters, FLOPs, inputs/outputs, subgraphs."""
-    import json
-
     from graphopt.api import inspect as run_inspect
     from graphopt.report import render_inspect
 
@@ -214,8 +229,6 @@ def verify(
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
     """Run ORIGINAL and OPTIMIZED in ONNX Runtime on the same inputs and compare every output."""
-    import json
-
     from graphopt import io
     from graphopt.report import _render_verification
     from graphopt.verify import load_npz, verify as run_verify
@@ -224,11 +237,16 @@ def verify(
         io.load(path)  # clear one-line errors for missing or broken files
     data = load_npz(inputs) if inputs else None
     result = run_verify(original, optimized, shapes=_shapes(shape), data=data, rtol=rtol, atol=atol)
+    error = None
+    if result.status == "failed":
+        bad = [f"{c.name} (max abs diff {c.max_abs_diff:.3g})" for c in result.outputs if not c.ok]
+        error = f"verification failed: {', '.join(bad) or result.reason}"
     if json_out:
-        print(json.dumps(result.to_dict(), indent=2))
+        _print_json(result.to_dict(), error, 1)
     else:
         _render_verification(_out, result)
-    if result.status == "failed":
+    if error:
+        _error_line(error)
         raise typer.Exit(1)
 
 
@@ -364,20 +382,14 @@ def build(
 ) -> None:
     """Optimize every model in graphopt.toml whose source, settings or graphopt version changed."""
     import contextlib
-    import json
 
     from graphopt.build import build as run_build
     from graphopt.buildview import LiveProgress, render_build, write_report
 
     live = LiveProgress(_err) if not quiet and _out.is_terminal and _err.is_terminal else None
-    try:
-        with live or contextlib.nullcontext():
-            result = run_build(config, only=only, jobs=jobs, check=check, force=force, fail_fast=fail_fast,
-                               overrides=set_, progress=live)
-    except GraphoptError as e:
-        if json_out:
-            print(json.dumps({"exit_code": e.exit_code, "error": str(e)}))
-        raise
+    with live or contextlib.nullcontext():  # errors: main() prints the line (and the JSON object)
+        result = run_build(config, only=only, jobs=jobs, check=check, force=force, fail_fast=fail_fast,
+                           overrides=set_, progress=live)
     if json_out:
         print(result.to_json())
     else:
@@ -388,25 +400,49 @@ def build(
         raise typer.Exit(result.exit_code)
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that temporary files are removed on the way out."""
+
+
+_terminated = False
+
+
+def _terminate(signum, frame):
+    global _terminated
+    _terminated = True  # raised inside an import, it comes out as an ImportError: still a SIGTERM
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: maps errors to one line and an exit code."""
+    """Console entry point: maps errors to one line (and, with --json, one JSON object) and an exit code."""
     import onnx_ir as ir
 
+    global _json
+    args = list(sys.argv[1:] if argv is None else argv)
+    _json = "--json" in args
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main else None
     try:
-        code = app(args=argv, standalone_mode=False)
+        code = app(args=args, standalone_mode=False)
         if isinstance(code, int) and code:
             sys.exit(code)
     except GraphoptError as e:
         _fail(str(e), e.exit_code)
     except typer.Exit as e:
         sys.exit(e.exit_code)
-    except (SystemExit, KeyboardInterrupt):
+    except KeyboardInterrupt as e:
+        _fail("interrupted (SIGINT)", 130, e)
+    except Terminated as e:
+        _fail("terminated (SIGTERM)", 143, e)
+    except SystemExit:
         raise
     except Exception as e:  # noqa: BLE001 - the CLI promises one line, never a traceback
+        if _terminated:
+            _fail("terminated (SIGTERM)", 143, e)
         # Click's exception base, whether typer depends on click or vendors it (typer >= 0.2x).
         click_error = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
-        if isinstance(e, typer.Abort):
-            _fail("aborted", 130)
+        if isinstance(e, typer.Abort):  # click's form of KeyboardInterrupt
+            _fail("interrupted (SIGINT)", 130, e)
         if isinstance(e, click_error):
             message = e.format_message().strip()
             if not message:  # no arguments: the help was printed, nothing else to say
@@ -415,19 +451,37 @@ def main(argv: list[str] | None = None) -> None:
         if isinstance(e, (ir.passes.PassError, ir.passes.InvariantError)):
             _fail(f"{_first_line(e)} (rerun with --debug for details)", 3, e)
         _fail(f"internal error: {type(e).__name__}: {_first_line(e)} (rerun with --debug for details)", 3, e)
+    finally:
+        if in_main:
+            # The whole process (console script) is exiting: a SIGTERM now would cut short the removal
+            # of temporary files, so it is ignored. An in-process caller gets its handler back.
+            signal.signal(signal.SIGTERM, signal.SIG_IGN if argv is None else previous)
 
 
-def _first_line(e: BaseException) -> str:
-    lines = [ln for ln in str(e).splitlines() if ln.strip()]
-    return lines[0] if lines else type(e).__name__
+_first_line = first_line
+
+
+def _print_json(data: dict, error: str | None, code: int) -> None:
+    """One JSON object on stdout; a failure adds `error` and `exit_code` (what --json failures always carry)."""
+    from graphopt.report import _jsonable
+
+    if error:
+        data = {**data, "error": error, "exit_code": code}
+    print(json.dumps(data, indent=2, default=_jsonable))
+
+
+def _error_line(message: str) -> None:
+    from rich.markup import escape  # messages name TOML tables and globs: [models.x], [ab].onnx
+
+    _err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def _fail(message: str, code: int, exc: BaseException | None = None) -> None:
     if _debug and exc is not None:
         _err.print_exception()
-    from rich.markup import escape  # messages name TOML tables and globs: [models.x], [ab].onnx
-
-    _err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+    if _json:  # a script gets an object to parse; the line stays on stderr for people
+        print(json.dumps({"error": message, "exit_code": code}))
+    _error_line(message)
     sys.exit(code)
 
 

@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from graphopt.errors import InputError, first_line
+from graphopt.errors import InputError, ort_message
 from graphopt.input_dims import DimRole, alternatives
 from graphopt.inputs import InputModel
 
@@ -88,10 +88,10 @@ def first_runnable(plan: InputModel, run: Callable[[dict], object], *, budget_s:
             result = run(candidate_feeds)
         except Exception as e:  # noqa: BLE001 - ORT raises several types for inputs it rejects
             errors.append((label, candidate, e))
-            logger.debug("inputs %s (%s): %s", label, candidate.summary(), first_line(e))
+            logger.debug("inputs %s (%s): %s", label, candidate.summary(), ort_message(e))
             continue
         if errors:
-            candidate.tried = [f"{lbl} ({c.summary()}): {first_line(e)}" for lbl, c, e in errors]
+            candidate.tried = [f"{lbl} ({c.summary()}): {ort_message(e)}" for lbl, c, e in errors]
             candidate.why = {**candidate.why, **{n: (w + "; " if w else "") + f"found by trying ({label})"
                                                  for n, w in candidate.why.items() if n not in candidate.data}}
         return candidate, candidate_feeds, result
@@ -101,9 +101,9 @@ def first_runnable(plan: InputModel, run: Callable[[dict], object], *, budget_s:
     hint = ("check the given data" if len(plan.data) == len(plan.signatures) else
             "give real inputs with --inputs DATA.npz (one array per graph input) or sizes with --shape NAME=DIMS")
     raise NotRunnable(f"ONNX Runtime cannot run the model on {_culprit(error, plan)}inputs {first.summary()}: "
-                      f"{first_line(error)} (also tried {tried}{more}); {hint}" if len(errors) > 1 else
+                      f"{ort_message(error)} (also tried {tried}{more}); {hint}" if len(errors) > 1 else
                       f"ONNX Runtime cannot run the model on {_culprit(error, plan)}inputs {first.summary()}: "
-                      f"{first_line(error)}; {hint}")
+                      f"{ort_message(error)}; {hint}")
 
 
 def _culprit(error: BaseException, plan: InputModel) -> str:

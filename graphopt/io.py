@@ -1,14 +1,15 @@
 """Load and save models: paths, protos or IR; external data; atomic writes; one-line errors.
 
 Models load lazily through onnx-ir (external tensors are memory-mapped, so a model over
-2 GB costs almost nothing to open). Saving goes through a temporary directory beside the
-target and `os.replace`, so a crash never leaves a half-written output, and the input
-file (or its external data) is never the target.
+2 GB costs almost nothing to open). Saving writes into a private directory beside the
+target and then renames into place (`graphopt.atomic`: a model and its data file are replaced
+as one), so a crash or a kill never leaves a half-written output or a model paired with
+the wrong data, and the input file (or its external data) is never the target.
 """
 
 from __future__ import annotations
 
-__all__ = ["load", "save", "stage", "Staged", "model_size_bytes", "external_data_paths", "release_mapped", "EXTERNAL_DATA_THRESHOLD"]
+__all__ = ["load", "save", "stage", "Staged", "stage_scratch", "check_output_path", "model_size_bytes", "external_data_paths", "release_mapped", "EXTERNAL_DATA_THRESHOLD"]
 
 import atexit
 import collections
@@ -16,6 +17,7 @@ import logging
 import os
 import pathlib
 import shutil
+import stat
 import tempfile
 import weakref
 
@@ -23,7 +25,7 @@ import onnx
 import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
-from graphopt import protowrite, sparse
+from graphopt import atomic, protowrite, sparse, validate
 from graphopt.errors import InputError, UsageError
 
 logger = logging.getLogger(__name__)
@@ -40,7 +42,10 @@ def load(source: str | os.PathLike | onnx.ModelProto | ir.Model) -> ir.Model:
         return _negative_dims_as_dynamic(_forget_dropped_io(_copy_ir(source)))
     if isinstance(source, onnx.ModelProto):
         _check_versions(source.ir_version, source.opset_import, "<ModelProto>")
-        return _negative_dims_as_dynamic(_forget_dropped_io(ir.serde.deserialize_model(source)))
+        model = _deserialize(source, "<ModelProto>")
+        # External data of a bare proto is relative to a folder we do not know: the checker cannot look.
+        validate.check_structure(model, "<ModelProto>", proto=None if _has_external(source) else _densified(source))
+        return _negative_dims_as_dynamic(_forget_dropped_io(model))
     if isinstance(source, (str, os.PathLike)):
         return _negative_dims_as_dynamic(_forget_dropped_io(_load_path(pathlib.Path(source))))
     raise UsageError(f"cannot load a model from {type(source).__name__}: give a path, onnx.ModelProto or ir.Model")
@@ -95,7 +100,9 @@ def _copy_ir(model: ir.Model) -> ir.Model:
     if model_size_bytes(model) >= EXTERNAL_DATA_THRESHOLD:
         logger.info("model over 2 GB given as ir.Model: optimizing it in place")
         return model
-    copy = ir.serde.deserialize_model(ir.serde.serialize_model(model))
+    proto = ir.serde.serialize_model(model)
+    copy = _deserialize(proto, "<ir.Model>")
+    validate.check_structure(copy, "<ir.Model>", proto=None if _has_external(proto) else proto)
     # Serializing keeps an external tensor's location but not the directory it is relative
     # to: share the original (immutable) external tensors instead of unreadable copies.
     for graph, graph_copy in zip(model.graphs(), copy.graphs()):
@@ -119,12 +126,12 @@ def _load_path(path: pathlib.Path) -> ir.Model:
     with open(path, "rb") as f:
         head = f.read(64)
     try:
-        with sparse.held_missing_input_warnings() as release:
+        # onnx-ir warns about each undefined input; validate.check_structure names the first instead.
+        with sparse.held_missing_input_warnings():
             model = ir.load(path)
+            densified = None
             if sparse.has_unresolved_inputs(model):  # onnx-ir drops sparse_initializer: read them dense
                 densified = sparse.load_densified(path)
-                if densified is None:
-                    release()
                 model = densified or model
     except DecodeError as e:
         raise InputError(_decode_failure(path, head)) from e
@@ -133,10 +140,60 @@ def _load_path(path: pathlib.Path) -> ir.Model:
     if model.graph is None or (not model.graph.outputs and not len(model.graph)):
         raise InputError(f"{path}: not an ONNX model (no graph found)")
     _check_versions(model.ir_version, model.opset_imports, str(path))
-    _check_external_data(model, path)
+    validate.check_external_data(model, path)
+    _inline_attribute_tensors(model)
+    if densified is None:
+        validate.check_structure(model, str(path), file=path)
+    elif not external_data_paths(model):  # narrow sparse indices (graphopt's "ort" format) fail the checker
+        proto = onnx.load(str(path))
+        sparse.densify_proto(proto)
+        validate.check_structure(model, str(path), file=path, proto=proto)
+        del proto
+    else:  # the checker would look for the data relative to the working directory
+        validate.check_structure(model, str(path))
     if external_data_paths(model):
         model.meta[_LOADED_WITH_EXTERNAL_DATA] = True  # saved the same way, even once every weight changed
     return model
+
+
+def _deserialize(proto: onnx.ModelProto, where: str) -> ir.Model:
+    try:
+        with sparse.held_missing_input_warnings():  # validate.check_structure names undefined inputs
+            return ir.serde.deserialize_model(proto)
+    except (ValueError, TypeError, KeyError, IndexError) as e:  # a corrupt field onnx-ir cannot represent
+        raise InputError(f"{where}: cannot be read as ONNX ({_first_line(e)})") from e
+
+
+def _inline_attribute_tensors(model: ir.Model) -> None:
+    """Read external tensor attributes (checked) into memory: serializing writes attributes inline."""
+    graphs = [model.graph, *model.graph.subgraphs()]
+    for function in model.functions.values():
+        graphs += [function, *function.subgraphs()]
+    for graph in graphs:
+        for node in graph:
+            for name, attr in list(node.attributes.items()):
+                if attr.type == ir.AttributeType.TENSOR and isinstance(attr.value, ir.ExternalTensor):
+                    node.attributes[name] = ir.AttrTensor(name, ir.Tensor(attr.value.numpy().copy(),
+                                                                          name=attr.value.name))
+                    attr.value.release()
+
+
+def _has_external(proto: onnx.ModelProto) -> bool:
+    return any(onnx.external_data_helper.uses_external_data(t)
+               for t in onnx.external_data_helper._get_all_tensors(proto))
+
+
+def _densified(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """The proto the checker reads: sparse initializers (narrow ORT indices fail it) made dense."""
+    if not proto.graph.sparse_initializer:
+        return proto
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)
+    try:
+        sparse.densify_proto(copy)
+    except ValueError as e:
+        raise InputError(f"<ModelProto>: {_first_line(e)}") from e
+    return copy
 
 
 def _decode_failure(path: pathlib.Path, head: bytes) -> str:
@@ -167,21 +224,6 @@ def _check_versions(ir_version: int, opsets, where: str) -> None:
         raise InputError(f"{where}: opset {default} is newer than this onnx package knows ({newest})")
 
 
-def _check_external_data(model: ir.Model, path: pathlib.Path) -> None:
-    for tensor in _tensors(model):
-        if not isinstance(tensor, ir.ExternalTensor):
-            continue
-        data_path = pathlib.Path(tensor.base_dir) / tensor.location
-        if not data_path.exists():
-            raise InputError(f"{path}: external data file {tensor.location!r} is missing (expected at {data_path})")
-        end = (tensor.offset or 0) + (tensor.length or 0)
-        if data_path.stat().st_size < end:
-            raise InputError(
-                f"{path}: external data file {tensor.location!r} is truncated "
-                f"({data_path.stat().st_size} bytes, tensor {tensor.name!r} needs {end})"
-            )
-
-
 def _tensors(model: ir.Model):
     for graph in (model.graph, *model.graph.subgraphs()):
         for value in graph.initializers.values():
@@ -205,88 +247,122 @@ def model_size_bytes(model: ir.Model) -> int:
 
 class Staged:
     """A model written beside its target but not yet in place: `commit()` moves it there
-    (os.replace, so readers see the old file or the new one, never half of one); `discard()`,
-    garbage collection or exit deletes it otherwise. `path` is a complete model file meanwhile
-    (verification runs on it, so the file that lands is the file that was checked)."""
+    (`graphopt.atomic`: readers and kills see the old model or the new one, with its data, never
+    a mix); `discard()`, garbage collection or exit deletes it otherwise. `path` is a complete
+    model file meanwhile (verification runs on it, so the file that lands is the file that was
+    checked)."""
 
-    def __init__(self, staging: pathlib.Path, targets: list[pathlib.Path]):
+    def __init__(self, staging: pathlib.Path, targets: list[pathlib.Path], protect=frozenset()):
         self.targets = targets
         self.path = staging / targets[0].name
         self._staging = staging
+        self._protect = set(protect)
         self._cleanup = weakref.finalize(self, shutil.rmtree, staging, True)
 
     def commit(self) -> list[pathlib.Path]:
-        written = []
+        data = self._staging / self.targets[1].name if len(self.targets) > 1 else None
         try:
-            # Data first: a reader that sees the new model file also finds its data.
-            for t in reversed(self.targets):
-                os.replace(self._staging / t.name, t)
-                written.append(t)
+            return atomic.commit(self.path, data, self.targets[0], self._protect)
         except OSError as e:
             raise InputError(f"{self.targets[0]}: cannot write output ({_first_line(e)})") from e
         finally:
             self.discard()
-        return written[::-1]
 
     def move_to(self, path: str | os.PathLike, protect: set[pathlib.Path] = frozenset()) -> list[pathlib.Path]:
         """Commit a single-file model to another path than the one staged for; across file
         systems it is copied beside `path` first, so the final step is still a rename."""
         if len(self.targets) != 1:
             raise ValueError("a model with external data names its data file inside: save it again instead")
-        target = pathlib.Path(path).resolve()
-        _refuse_protected([target], protect)
+        target = check_output_path(path, protect)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.replace(self.path, target)
-            except OSError:
-                fd, copy = tempfile.mkstemp(prefix=".graphopt-", dir=target.parent)
-                os.close(fd)
-                try:
-                    shutil.copyfile(self.path, copy)
-                    os.replace(copy, target)
-                except BaseException:
-                    pathlib.Path(copy).unlink(missing_ok=True)
-                    raise
+            source = self.path
+            if os.stat(source).st_dev != os.stat(target.parent).st_dev:
+                local = atomic.staging_dir(target.parent)
+                self._cleanup.detach()
+                self._cleanup = weakref.finalize(self, _remove_all, [self._staging, local])
+                source = local / target.name
+                shutil.copyfile(self.path, source)
+            return atomic.commit(source, None, target, protect)
         except OSError as e:
             raise InputError(f"{target}: cannot write output ({_first_line(e)})") from e
         finally:
             self.discard()
-        return [target]
 
     def discard(self) -> None:
         self._cleanup()
 
 
+def _remove_all(paths: list[pathlib.Path]) -> None:
+    for p in paths:
+        shutil.rmtree(p, True)
+
+
+def check_output_path(path: str | os.PathLike, protect: set[pathlib.Path] = frozenset()) -> pathlib.Path:
+    """The resolved output path; UsageError if it is an input file (under any name, hard links
+    included) or exists as something a rename would wrongly replace (a device, a FIFO, a folder)."""
+    target = pathlib.Path(path).resolve()
+    _refuse_protected([target], protect)
+    try:
+        info = os.stat(target)
+    except OSError:
+        return target
+    if not stat.S_ISREG(info.st_mode):
+        kind = ("a folder" if stat.S_ISDIR(info.st_mode) else "a FIFO" if stat.S_ISFIFO(info.st_mode)
+                else "a device" if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode) else "not a regular file")
+        raise UsageError(f"{target}: output exists and is {kind}; graphopt writes a model file only over a "
+                         "regular file, choose another path with -o")
+    return target
+
+
 def _refuse_protected(targets: list[pathlib.Path], protect: set[pathlib.Path]) -> None:
     protected = {p.resolve() for p in protect}
     for t in targets:
-        if t in protected:
+        if t in protected or any(_same_file(t, p) for p in protected):
             raise UsageError(f"{t}: refusing to overwrite the input; choose another output path")
 
 
+def _same_file(a: pathlib.Path, b: pathlib.Path) -> bool:
+    try:
+        return os.path.samefile(a, b)  # hard links: one file under two names
+    except OSError:
+        return False
+
+
+def stage_scratch(model: ir.Model) -> Staged:
+    """Write `model` into a private folder of the temp dir (to verify it; `move_to` puts it in place)."""
+    try:
+        folder = atomic.staging_dir(pathlib.Path(tempfile.gettempdir()))
+    except OSError as e:
+        raise InputError(f"{tempfile.gettempdir()}: cannot write a temporary model ({_first_line(e)})") from e
+    return stage(model, folder / "optimized.onnx", _staging=folder)
+
+
 def stage(model: ir.Model, path: str | os.PathLike, *, external_data: bool | None = None,
-          protect: set[pathlib.Path] = frozenset(), sparse_format: str | None = None) -> Staged:
+          protect: set[pathlib.Path] = frozenset(), sparse_format: str | None = None,
+          _staging: pathlib.Path | None = None) -> Staged:
     """Write `model` next to `path` for a later `commit()`; the arguments are those of `save`."""
-    target = pathlib.Path(path).resolve()
+    target = check_output_path(path, protect)
     if external_data is None:
         external_data = (model_size_bytes(model) >= EXTERNAL_DATA_THRESHOLD or bool(external_data_paths(model))
                          or bool(model.meta.get(_LOADED_WITH_EXTERNAL_DATA)))
-    data_name = target.name + ".data"
-    targets = [target] + ([target.parent / data_name] if external_data else [])
-    _refuse_protected(targets, protect)
+    data_name = None
+    if external_data:
+        _refuse_protected([target.parent / f"{target.name}.data"], protect)
+        data_name = atomic.data_name(target, {p.name for p in protect if p.resolve().parent == target.parent})
+    targets = [target] + ([target.parent / data_name] if data_name else [])
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        staged = Staged(pathlib.Path(tempfile.mkdtemp(prefix=".graphopt-", dir=target.parent)), targets)
+        staged = Staged(_staging or atomic.staging_dir(target.parent), targets, protect)
     except OSError as e:
         raise InputError(f"{target}: cannot write output ({_first_line(e)})") from e
     try:
         if sparse_format:
-            sparse.write_sparse(model, staged.path, sparse_format, data_name if external_data else None)
+            sparse.write_sparse(model, staged.path, sparse_format, data_name)
         elif external_data:
             ir.save(model, staged.path, external_data=data_name)
             if model_size_bytes(model) >= EXTERNAL_DATA_THRESHOLD:
-                _spill(model, staged.path)
+                _spill(model, staged.path, data_name)
         else:
             protowrite.write_inline(model, staged.path)
     except BaseException as e:
@@ -315,7 +391,7 @@ _SPILL_MIN_BYTES = 1 << 20
 _spill_dir: pathlib.Path | None = None
 
 
-def _spill(model: ir.Model, saved: pathlib.Path) -> None:
+def _spill(model: ir.Model, saved: pathlib.Path, data_name: str) -> None:
     """Point a big model's in-memory weights at a private copy of the data just written.
 
     Folding rewrites weights, and the new ones live in memory: for a model over 2 GB that
@@ -331,7 +407,6 @@ def _spill(model: ir.Model, saved: pathlib.Path) -> None:
                  and v.const_value.nbytes >= _SPILL_MIN_BYTES}
     if not in_memory:
         return
-    data_name = saved.name + ".data"
     where = {}
     for t in onnx.load(str(saved), load_external_data=False).graph.initializer:
         info = {e.key: e.value for e in t.external_data}

@@ -111,7 +111,9 @@ def stale_reasons(entry: dict | None, fp: dict, target, hasher: Hasher) -> list[
     else:  # same model file, so the same external data files: are their bytes the same?
         for rel, digest in sorted(entry.get("external_data", {}).items()):
             path = target.source.parent / rel
-            if not path.is_file():
+            if _escapes(rel):  # a hand-edited manifest must not make a build read outside the model's folder
+                reasons.append(f"external data {rel} is outside the model's folder")
+            elif not path.is_file():
                 reasons.append(f"external data {rel} missing")
             elif hasher(path) != digest:
                 reasons.append(f"external data {rel} changed")
@@ -123,7 +125,9 @@ def stale_reasons(entry: dict | None, fp: dict, target, hasher: Hasher) -> list[
         reasons.append("output not recorded")
     for name, digest in sorted(written.items()):
         path = target.output.parent / name
-        if not path.is_file():
+        if _escapes(name):
+            reasons.append(f"output {name} is outside the output folder")
+        elif not path.is_file():
             reasons.append(f"output {name} missing")
         elif sha256(path) != digest:
             reasons.append(f"output {name} modified since it was built")
@@ -146,3 +150,8 @@ def make_entry(target, fp: dict, written: list[str], external_data: list[str], h
                    for p in sorted(written)},
         **summary,
     }
+
+
+def _escapes(rel: str) -> bool:
+    parts = pathlib.PurePosixPath(rel).parts
+    return not rel or pathlib.PurePosixPath(rel).is_absolute() or ".." in parts or "\\" in rel

@@ -134,7 +134,7 @@ class _TensorTap:
                 proto.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
         self.tapped = tapped
         options = ort.SessionOptions()
-        options.log_severity_level = 3
+        options.log_severity_level = 4  # errors reach the user as one line, not ORT's log
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         try:
             if proto.ByteSize() < (1 << 31) - (1 << 26):

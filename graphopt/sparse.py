@@ -32,6 +32,7 @@ __all__ = ["FORMATS", "SparseStats", "sparsify_proto", "densify_proto", "sparse_
 import contextlib
 import dataclasses
 import logging
+import math
 import os
 import pathlib
 
@@ -45,6 +46,8 @@ from graphopt.errors import UsageError
 logger = logging.getLogger(__name__)
 
 FORMATS = ("ort", "onnx")
+# A sparse tensor can declare any shape in a few bytes; graphopt (and ORT) make it dense.
+_MAX_DENSE_BYTES = 2 << 30
 _OVERHEAD = 64  # bytes of protobuf framing a sparse tensor adds (names, dims, two TensorProtos)
 _STORABLE = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16,
              onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT16, onnx.TensorProto.UINT16,
@@ -152,9 +155,19 @@ def densify_proto(proto: onnx.ModelProto) -> int:
         dims = tuple(sparse.dims)
         values = numpy_helper.to_array(sparse.values).reshape(-1)
         indices = numpy_helper.to_array(sparse.indices).astype(np.int64)
-        out = np.zeros(int(np.prod(dims, dtype=np.int64)), dtype=values.dtype)
+        numel = math.prod(dims)
+        if any(d < 0 for d in dims) or numel * values.itemsize > _MAX_DENSE_BYTES:
+            raise ValueError(f"sparse initializer {sparse.values.name!r}: dims {list(dims)} would take "
+                             f"{numel * values.itemsize / 2**30:.3g} GiB dense (at most {_MAX_DENSE_BYTES >> 30} GiB)")
         if indices.ndim == 2:
+            if indices.shape[1:] != (len(dims),) or np.any((indices < 0) | (indices >= np.array(dims, np.int64))):
+                raise ValueError(f"sparse initializer {sparse.values.name!r}: coordinates outside its shape {list(dims)}")
             indices = np.ravel_multi_index(tuple(indices.T), dims) if len(indices) else indices.reshape(-1)
+        # A corrupt file must be a clear error, not an IndexError (or a silent wrap-around of -1).
+        if indices.ndim != 1 or len(indices) != len(values) or np.any((indices < 0) | (indices >= numel)):
+            raise ValueError(f"sparse initializer {sparse.values.name!r}: {len(values)} values with indices outside "
+                             f"its {numel} elements (or not one per value)")
+        out = np.zeros(numel, dtype=values.dtype)
         out[indices] = values
         dense.append(numpy_helper.from_array(out.reshape(dims), sparse.values.name))
     if dense:

@@ -25,7 +25,7 @@ import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 
-from graphopt.errors import InputError, UsageError, first_line
+from graphopt.errors import InputError, UsageError, ort_message
 from graphopt.input_search import NotRunnable, first_runnable
 from graphopt.inputs import InputModel, input_model, signatures
 
@@ -69,9 +69,13 @@ def parse_shape(text: str) -> tuple[str, list[int]]:
     try:
         if not sep or not name:
             raise ValueError
-        return name, [int(d) for d in dims.lower().split("x")]
+        values = [int(d) for d in dims.lower().split("x")]
+        if any(not 0 <= d < 2**63 for d in values):  # ONNX dims are int64
+            raise ValueError
+        return name, values
     except ValueError:
-        raise UsageError(f"--shape {text!r}: expected NAME=D1xD2x... such as input=1x3x224x224") from None
+        raise UsageError(f"--shape {text!r}: expected NAME=D1xD2x... such as input=1x3x224x224, "
+                         "each dim 0..2^63-1") from None
 
 
 def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -104,7 +108,7 @@ def _session_source(model, workdir: pathlib.Path, tag: str):
 
 def _session(source, providers=None, optimize=False) -> ort.InferenceSession:
     options = ort.SessionOptions()
-    options.log_severity_level = 4  # failures are caught and reported in one line; ORT's own log only repeats them
+    options.log_severity_level = 4  # errors reach the user as one line, not ORT's log
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     return ort.InferenceSession(source, options, providers=providers or ["CPUExecutionProvider"])
@@ -241,7 +245,7 @@ def reference(original, *, shapes: dict[str, list[int]] | None = None, data: dic
         except NotRunnable as e:
             return Reference(skipped=str(e), inputs=plan)
         except _ORT_ERRORS as e:
-            return Reference(skipped=f"ONNX Runtime cannot load the original model: {first_line(e)}", inputs=plan)
+            return Reference(skipped=f"ONNX Runtime cannot load the original model: {ort_message(e)}", inputs=plan)
 
 
 _ORT_ERRORS = (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidGraph,
@@ -286,7 +290,7 @@ def check(ref: Reference, optimized, *, rtol: float = RTOL, atol: float = ATOL, 
                     result.levels[level] = "failed"
                     return dataclasses.replace(result, status="failed", levels=result.levels,
                                                reason=f"ONNX Runtime cannot run the optimized model{where}: "
-                                                      f"{first_line(e)}")
+                                                      f"{ort_message(e)}")
                 checks = _checks(ref, ref.outputs, got, rtol, atol)
                 if level != "disabled" and not all(c.ok for c in checks):
                     try:
@@ -326,6 +330,10 @@ def verify(original, optimized, *, shapes: dict[str, list[int]] | None = None,
     """Compare every graph output of `optimized` with the same output of `original`.
 
     The sessions run one after the other, so a model over 2 GB is never held twice."""
+    from graphopt.limits import check_number
+
+    check_number("--rtol", rtol)
+    check_number("--atol", atol)
     ref = reference(original, shapes=shapes, data=data, outputs=outputs, providers=providers, seed=seed)
     return check(ref, optimized, rtol=rtol, atol=atol, providers=providers)
 

@@ -206,6 +206,19 @@ def test_external_data_and_data_files_are_hashed(tmp_path, monkeypatch):
     assert graphopt.build()["ext"].status == "up-to-date"
 
 
+def test_hand_edited_manifest_paths_outside_are_never_read(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    tiny(tmp_path / "ext.onnx", 2.0, external=True)
+    (tmp_path / "graphopt.toml").write_text('[models.ext]\nsource = "ext.onnx"\noutput = "out/ext.onnx"\nlevel = 1\n')
+    assert statuses(graphopt.build()) == {"ext": "built"}
+    manifest_path = tmp_path / "out" / MANIFEST_NAME
+    manifest = json.loads(manifest_path.read_text())
+    manifest["outputs"]["ext.onnx"]["external_data"] = {"../../etc/passwd": "0" * 64}
+    manifest_path.write_text(json.dumps(manifest))
+    result = graphopt.build()  # stale, and the path is never opened
+    assert result["ext"].reason == "external data ../../etc/passwd is outside the model's folder"
+
+
 def test_manifest_is_deterministic_and_relocatable(project):
     graphopt.build()
     text = (project / "build" / MANIFEST_NAME).read_text()

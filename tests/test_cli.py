@@ -164,6 +164,74 @@ def test_usage_errors(conv_bn_file, flags, needle):
     assert files_in(conv_bn_file.parent) == {"conv_bn.onnx"}
 
 
+@pytest.mark.parametrize("flags, needle", [
+    (["--fold-limit", "nan"], "--fold-limit nan"),
+    (["--fold-limit", "inf"], "--fold-limit inf"),
+    (["--fold-limit", "-1"], "--fold-limit -1"),
+    (["--rtol", "nan"], "--rtol nan"),
+    (["--atol", "-1"], "--atol -1"),
+    (["--threads", "0"], "--threads 0"),
+    (["--threads", "100000"], "--threads 100000"),
+    (["--shape", "x=123456789012345678901x3x8x8"], "each dim"),
+])
+def test_bad_option_values_are_usage_errors(conv_bn_file, flags, needle):
+    run = run_cli("optimize", conv_bn_file, *flags, cwd=conv_bn_file.parent)
+    assert_one_line_error(run, 2, needle)
+    assert files_in(conv_bn_file.parent) == {"conv_bn.onnx"}
+
+
+@pytest.mark.parametrize("args", [
+    ["optimize", "missing.onnx"],
+    ["optimize", "conv_bn.onnx", "--rtol", "nan"],
+    ["optimize", "conv_bn.onnx", "--no-such-flag"],
+    ["inspect", "missing.onnx"],
+    ["verify", "conv_bn.onnx", "missing.onnx"],
+])
+def test_json_failures_print_one_error_object(conv_bn_file, args):
+    run = run_cli(*args, "--json", cwd=conv_bn_file.parent)
+    line = assert_one_line_error(run, 2)
+    assert json.loads(run.stdout) == {"error": line.removeprefix("error: "), "exit_code": 2}
+
+
+def test_ort_log_never_reaches_stderr(tmp_path):
+    """ORT cannot run the custom op: its C++ error log (colour codes included) stays out of stderr."""
+    src = tmp_path / "custom.onnx"
+    onnx.save(custom_op_model(), src)
+    run = run_cli("optimize", src, "-o", tmp_path / "out.onnx", cwd=tmp_path)
+    assert run.code == 0, str(run)
+    assert run.stderr == "", str(run)
+    assert "\x1b[" not in run.stdout and "onnxruntime_src" not in run.stdout
+
+
+def test_sigterm_removes_temporary_files_and_prints_one_line(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from tests.conftest import graphopt_command
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    src = tmp_path / "digits.onnx"
+    src.write_bytes(DIGITS.read_bytes())
+    proc = subprocess.Popen([*graphopt_command(), "optimize", src, "-o", tmp_path / "out.onnx", "--quantize", "int8",
+                             "--calibration", "random"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, TMPDIR=str(scratch)))
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and not any("graphopt" in p.name for p in scratch.iterdir()):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before the signal")
+    assert proc.returncode == 143, err
+    assert [ln for ln in err.splitlines() if ln.strip()] == ["error: terminated (SIGTERM)"]
+    assert {p.name for p in scratch.iterdir()} <= {".ses"}  # ORT's own session id file, not ours
+    assert not (tmp_path / "out.onnx").exists()
+
+
 def test_no_arguments_prints_help():
     run = run_cli()
     assert run.code == 2 and "optimize" in run.stdout and "Traceback" not in run.stderr
@@ -305,7 +373,10 @@ def test_verification_failure_exits_1_and_writes_nothing_unless_forced(tmp_path)
     run = run_cli("optimize", src, "-o", out, "--passes", "break_first_weight", "--json", cwd=tmp_path,
                   command=command)
     assert run.code == 1, str(run)
-    assert json.loads(run.stdout)["verification"]["status"] == "failed"
+    report = json.loads(run.stdout)
+    assert report["verification"]["status"] == "failed"
+    assert report["exit_code"] == 1 and "verification failed" in report["error"]  # what every --json failure has
+    assert_one_line_error(run, 1, "verification failed")
     assert not out.exists()
 
     run = run_cli("optimize", src, "-o", out, "--passes", "break_first_weight", "--force", cwd=tmp_path,
