@@ -68,6 +68,9 @@ class Builder:
         self.pool: list[Val] = []
         self.features: collections.Counter = collections.Counter()
         self.pure: list[tuple[onnx.NodeProto, Val]] = []  # single-output nodes CSE may duplicate
+        self.weights: list[tuple[tuple, str, np.ndarray]] = []  # main-graph float constants, to share
+        self.taps: list[Val] = []  # values inside idioms (a Conv before its BN), output candidates
+        self.in_body = False
         self._n = 0
 
     # --- naming, randomness -------------------------------------------------------------------
@@ -120,9 +123,55 @@ class Builder:
         return self.const(np.array(values, np.int64), "i")
 
     def floats(self, shape, scale=1.0, low=None) -> str:
-        if low is not None:
-            return self.const(self.rng.uniform(low, scale, size=shape).astype(np.float32), "w")
-        return self.const((self.rng.standard_normal(shape) * scale).astype(np.float32), "w")
+        """A float constant; sometimes an earlier one of the same shape and kind (a shared weight),
+        or a copy of one under a new name (for dedupe)."""
+        key = (tuple(shape), scale, low)
+        earlier = [(name, array) for k, name, array in self.weights if k == key]
+        if earlier and self.p(0.12):
+            self.features["shared_weight"] += 1
+            return self.choice(earlier)[0]
+        if earlier and self.p(0.05):
+            self.features["duplicate_weight"] += 1
+            array = self.choice(earlier)[1]
+        elif low is not None:
+            array = self.rng.uniform(low, scale, size=shape).astype(np.float32)
+        else:
+            array = (self.rng.standard_normal(shape) * scale).astype(np.float32)
+        name = self.const(array, "w")
+        if not self.in_body:
+            self.weights.append((key, name, array))
+        return name
+
+    def tap(self, v: Val) -> Val:
+        """Sometimes let later ops read, or the graph output, a value inside an idiom."""
+        if self.p(0.15):
+            self.pool.append(v)
+            self.features["tap:consumed"] += 1
+        if self.p(0.1):
+            self.taps.append(v)
+        return v
+
+    def mark(self) -> tuple:
+        return len(self.nodes), len(self.initializers), len(self.inputs), len(self.pure), len(self.weights), \
+            len(self.pool), len(self.taps)
+
+    def rollback(self, mark: tuple) -> None:
+        for vi in self.inputs[mark[2]:]:
+            self.feeds.pop(vi.name, None)
+        del (self.nodes[mark[0]:], self.initializers[mark[1]:], self.inputs[mark[2]:], self.pure[mark[3]:],
+             self.weights[mark[4]:], self.pool[mark[5]:], self.taps[mark[6]:])
+
+    def enter_body(self) -> tuple:
+        """Build an If branch: new nodes and initializers go to the body; pool, taps, CSE stay main-graph."""
+        saved = (self.nodes, self.initializers, len(self.pure), len(self.pool), len(self.taps), self.in_body)
+        self.nodes, self.initializers, self.in_body = [], [], True
+        return saved
+
+    def leave_body(self, saved: tuple) -> tuple[list, list]:
+        body = self.nodes, self.initializers
+        self.nodes, self.initializers, pure, pool, taps, self.in_body = saved
+        del self.pure[pure:], self.pool[pool:], self.taps[taps:]
+        return body
 
     def scalar(self, value: float) -> str:
         return self.const(np.array(value, np.float32), "s")
@@ -316,8 +365,16 @@ def batchnorm(b: Builder, x: Val) -> Val:
 
 
 def affine(b: Builder, x: Val, axis: int) -> Val:
-    """Mul and/or Add by per-channel constants (what fold_affine folds into weights)."""
-    shape = (x.shape[axis],) + (1,) * (x.rank - 1 - axis) if b.p(0.7) else ()
+    """Mul and/or Add by per-channel constants (what fold_affine folds into weights), or by
+    constants it must not fold (varying along other axes)."""
+    shapes = [(x.shape[axis],) + (1,) * (x.rank - 1 - axis)] * 4 + [(), (1,) * x.rank]
+    if axis == 1 and x.rank >= 3:
+        shapes.append((1, x.shape[1]) + (1,) * (x.rank - 2))
+    if x.rank >= 3 and not any(x.dyn[2:]):
+        shapes.append(x.shape[2:])  # spatial: declined
+    if not any(x.dyn):
+        shapes.append(x.shape)  # full: declined
+    shape = b.choice(shapes)
     b.features["affine"] += 1
     if b.p(0.7):
         x = b.same("Mul", x, b.floats(shape, 1.5, low=0.5)) if b.p(0.8) else b.same("Div", x, b.floats(shape, 1.5, low=0.5))
@@ -348,9 +405,9 @@ def conv_block(b: Builder, x: Val) -> Val | None:
     if y is None:
         return None
     if b.p(0.6):
-        y = batchnorm(b, y)
+        y = batchnorm(b, b.tap(y))
     if b.p(0.4):
-        y = affine(b, y, 1)
+        y = affine(b, b.tap(y), 1)
     if b.p(0.7):
         y = activation(b, y)
     return y
@@ -375,9 +432,12 @@ def matmul(b: Builder, x: Val) -> Val:
         b.features["MatMul"] += 1
         y = b.op("MatMul", [x.name, b.floats((k, n), 1 / math.sqrt(k))], x.shape[:-1] + (n,), x.dyn[:-1] + (False,))
     if b.p(0.5):
+        y = b.tap(y)
         y = b.same("Add", y, b.floats((n,), 0.3)) if b.p(0.8) else b.op("Add", [b.floats((n,), 0.3), y.name], y.shape, y.dyn)
     if b.p(0.3):
-        y = affine(b, y, y.rank - 1)
+        y = affine(b, b.tap(y), y.rank - 1)
+    if b.p(0.15) and y.rank >= 2 and y.static(y.rank - 1):
+        y = batchnorm(b, b.tap(y)) if y.rank == 2 or b.p(0.3) else y  # BN after a MatMul: axis 1
     if b.p(0.4):
         y = activation(b, y)
     return y
@@ -409,7 +469,9 @@ def gemm(b: Builder, x: Val) -> Val | None:
     b.features["Gemm"] += 1
     y = b.op("Gemm", inputs, (m, n), (x.dyn[m_axis], False), **attrs)
     if b.p(0.3):
-        y = affine(b, y, 1)
+        y = batchnorm(b, b.tap(y))
+    if b.p(0.3):
+        y = affine(b, b.tap(y), 1)
     if b.p(0.3):
         y = activation(b, y)
     return y
@@ -461,22 +523,42 @@ def parallel(b: Builder, x: Val) -> Val | list[Val] | None:
 
 
 def layernorm_decomposed(b: Builder, x: Val) -> Val:
+    """(x - mean) / sqrt(var + eps) * gamma + beta over the last axis, as exporters spell it."""
     d = x.shape[-1]
     b.features["layernorm_decomposed"] += 1
     kept = x.shape[:-1] + (1,)
-    extra, attrs = b.axes(x, [-1], "ReduceMean")
-    mean = b.op("ReduceMean", [x.name, *extra], kept, x.dyn, **attrs)
-    diff = b.same("Sub", x, mean.name)
+    kept_dyn = x.dyn[:-1] + (False,)
+
+    def mean_of(v: Val) -> Val:
+        if v.rank == 3 and b.p(0.2):  # tf2onnx: GlobalAveragePool averages the last axis of a rank-3 tensor
+            b.features["layernorm:GlobalAveragePool"] += 1
+            return b.op("GlobalAveragePool", [v.name], kept, kept_dyn)
+        extra, attrs = b.axes(v, [-1 if b.p(0.8) else v.rank - 1], "ReduceMean")
+        return b.op("ReduceMean", [v.name, *extra], kept, kept_dyn, **attrs)
+
+    mean = b.tap(mean_of(x))
+    gamma = b.floats((d,), 1.5, low=0.5) if b.p(0.9) else None
+    beta = b.floats((d,), 0.3) if b.p(0.8) else None
+    eps = b.scalar(float(b.choice([1e-5, 1e-6, 1e-3])))
+    diff = b.tap(b.same("Sub", x, mean.name))
     sq = b.same("Pow", diff, b.scalar(2.0)) if b.p(0.5) else b.same("Mul", diff, diff.name)
-    extra, attrs = b.axes(x, [-1], "ReduceMean")
-    var = b.op("ReduceMean", [sq.name, *extra], kept, x.dyn, **attrs)
-    std = b.same("Sqrt", b.same("Add", var, b.scalar(float(b.choice([1e-5, 1e-6, 1e-3])))))
+    var = mean_of(sq)
+    std = b.same("Sqrt", b.same("Add", var, eps))
+    if gamma and b.p(0.15):  # TensorFlow: x * m + (beta - mean * m), m = gamma / std
+        b.features["layernorm:tf_form"] += 1
+        m = b.op("Div", [gamma, std.name], kept[:-1] + (d,), kept_dyn[:-1] + (False,))
+        shift = b.op("Mul", [mean.name, m.name], m.shape, m.dyn)
+        if beta:
+            shift = b.op("Sub", [beta, shift.name], m.shape, m.dyn)
+        else:
+            shift = b.same("Neg", shift)
+        return b.op("Add", [b.op("Mul", [x.name, m.name], x.shape, x.dyn).name, shift.name], x.shape, x.dyn)
     y = b.op("Div", [diff.name, std.name], x.shape, x.dyn) if b.p(0.7) else \
         b.op("Mul", [diff.name, b.same("Reciprocal", std).name], x.shape, x.dyn)
-    if b.p(0.9):
-        y = b.same("Mul", y, b.floats((d,), 1.5, low=0.5))
-    if b.p(0.8):
-        y = b.same("Add", y, b.floats((d,), 0.3))
+    if gamma:
+        y = b.same("Mul", y, gamma) if b.p(0.8) else b.op("Mul", [gamma, y.name], x.shape, x.dyn)
+    if beta:
+        y = b.same("Add", y, beta) if b.p(0.85) else b.same("Sub", y, b.floats((d,), 0.3))  # MXNet subtracts
     return y
 
 
@@ -910,12 +992,37 @@ def expand_tile(b: Builder, x: Val) -> Val | None:
         spec = [n] + [1] * x.rank
         b.features["Expand"] += 1
         if b.p(0.2):  # a shorter shape of ones: Expand returns its input
-            return b.op("Expand", [y.name, b.ints([1] * int(b.rng.integers(1, x.rank + 1)))], y.shape, y.dyn)
+            return b.op("Expand", [y.name, b.ints([1] * int(b.rng.integers(1, x.rank + 2)))], y.shape, y.dyn)
         return b.op("Expand", [y.name, b.ints(spec)], (n,) + x.shape, (False,) + x.dyn)
     reps = [int(b.choice([1, 1, 2])) for _ in x.shape]
     b.features["Tile"] += 1
     shape = [s * r for s, r in zip(x.shape, reps)]
     return b.op("Tile", [x.name, b.ints(reps)], shape, x.dyn)
+
+
+def _body_chain(b: Builder, x: Val, steps: int) -> Val:
+    """Shape-preserving idioms for an If branch (fusions inside bodies, outer weights read inside)."""
+    v = x
+    for _ in range(steps):
+        kind = b.choice(["unary", "const", "act", "gelu", "conv", "bn", "layernorm", "matmul"])
+        if kind == "conv" and _chan(v) and v.rank in (3, 4):
+            y = conv(b, v, pointwise=True, group=1, out_ch=v.shape[1])
+            v = batchnorm(b, y) if b.p(0.5) else y
+        elif kind == "bn" and v.rank >= 2 and v.static(1):
+            v = batchnorm(b, v)
+        elif kind == "layernorm" and _last_static(v) and v.shape[-1] >= 2:
+            v = layernorm_decomposed(b, v)
+        elif kind == "matmul" and _last_static(v):
+            k = v.shape[-1]
+            v = b.same("MatMul", v, b.floats((k, k), 1 / math.sqrt(k)))
+            v = b.same("Add", v, b.floats((k,), 0.3)) if b.p(0.5) else v
+        elif kind == "gelu":
+            v = gelu_decomposed(b, v)
+        elif kind == "act":
+            v = activation(b, v)
+        else:
+            v = binary_const(b, v) if kind == "const" else b.same(b.choice(SAFE_UNARY), v)
+    return v
 
 
 def if_(b: Builder, x: Val) -> Val:
@@ -925,33 +1032,32 @@ def if_(b: Builder, x: Val) -> Val:
     b.features[f"If:{'const' if const_cond else 'input'}"] += 1
     branches = []
     for tag in ("then", "else"):
-        nodes, inits, value = [], [], x.name
-        for _ in range(int(b.rng.integers(0 if tag == "else" else 1, 3))):
-            op = b.choice(["Relu", "Neg", "Sigmoid", "Mul", "Add"])
-            out = b.name(f"{tag}_{op.lower()}")
-            inputs = [value]
-            if op in ("Mul", "Add"):
-                array = b.rng.uniform(0.5, 1.5, _bshape(b, x)).astype(np.float32)
-                where_ = b.choice(["body", "constant", "outer"])
-                if where_ == "outer":
-                    inputs.append(b.const(array, "oc"))  # an outer-scope constant read in the body
-                else:
-                    c = onh.from_array(array, b.name("bc"))
-                    if where_ == "body":
-                        inits.append(c)
-                    else:
-                        nodes.append(oh.make_node("Constant", [], [c.name], name=b.name("n_Constant"), value=c))
-                    inputs.append(c.name)
-            nodes.append(oh.make_node(op, inputs, [out], name=b.name(f"n_{op}")))
-            value = out
-        if value == x.name:  # a body may not return an outer value directly
-            out = b.name(f"{tag}_id")
-            nodes.append(oh.make_node("Identity", [value], [out], name=b.name("n_Identity")))
-            value = out
+        saved = b.enter_body()
+        v = _body_chain(b, x, int(b.rng.integers(0 if tag == "else" else 1, 4)))
+        if v.name == x.name:  # a body may not return an outer value directly
+            v = b.same("Identity", x)
+        nodes, inits = b.leave_body(saved)
         dims = [None if d else s for s, d in zip(x.shape, x.dyn)]
-        branches.append(oh.make_graph(nodes, b.name(tag), [], [oh.make_tensor_value_info(value, F32, dims)], inits))
+        branches.append(oh.make_graph(nodes, b.name(tag), [], [oh.make_tensor_value_info(v.name, F32, dims)], inits))
     out = b.node("If", [cond], then_branch=branches[0], else_branch=branches[1])[0]
     return Val(out, x.shape, x.dyn)
+
+
+def batch_dot(b: Builder, x: Val) -> Val | None:
+    """MXNet batch_dot: Reshape(x, [-1, tail]) -> Transpose(0, perm of tail) -> Reshape back (one Transpose)."""
+    if x.rank < 3:
+        return None
+    k = int(b.rng.integers(1, x.rank - 1))
+    head, tail = x.shape[:k], x.shape[k:]
+    if any(x.dyn[k:]) or sum(x.dyn[:k]) > 1:
+        return None
+    b.features["batch_dot"] += 1
+    flat = b.op("Reshape", [x.name, b.ints([-1, *tail])], (int(np.prod(head)),) + tail, (any(x.dyn[:k]),) + x.dyn[k:])
+    perm = [0] + [1 + int(i) for i in b.rng.permutation(len(tail))]
+    t = transpose(b, flat, perm)
+    back = head + tuple(t.shape[1:])
+    spec = [-1 if d else s for s, d in zip(head, x.dyn[:k])] + list(t.shape[1:])
+    return b.op("Reshape", [t.name, b.ints(spec)], back, x.dyn[:k] + (False,) * len(tail))
 
 
 def cse_duplicate(b: Builder, x: Val) -> Val | None:
@@ -1073,6 +1179,7 @@ EMITTERS = [
     ("where", 3, lambda v: True, where),
     ("expand_tile", 2, lambda v: _small(v), expand_tile),
     ("if", 3, lambda v: True, if_),
+    ("batch_dot", 2, lambda v: v.rank >= 3, batch_dot),
     ("cse_duplicate", 4, lambda v: True, cse_duplicate),
     ("attention", 2, lambda v: v.rank == 3, attention),
     ("unflatten_dense", 2, lambda v: v.rank == 3, unflatten_dense),
@@ -1116,13 +1223,10 @@ def generate(seed: int, steps: int | None = None) -> Generated:
         x = b.pick(pred)
         if x is None:
             continue
-        mark = (len(b.nodes), len(b.initializers), len(b.inputs), len(b.pure))
+        mark = b.mark()
         result = fn(b, x)
         if result is None:  # declined: roll back whatever it started
-            del b.nodes[mark[0]:], b.initializers[mark[1]:], b.pure[mark[3]:]
-            for vi in b.inputs[mark[2]:]:
-                b.feeds.pop(vi.name, None)
-            del b.inputs[mark[2]:]
+            b.rollback(mark)
             continue
         b.push(*(result if isinstance(result, list) else [result]))
         done += 1
@@ -1133,9 +1237,14 @@ def _finish(b: Builder) -> Generated:
     computed = [v for v in b.pool if not v.is_input]
     if not computed:
         computed = [b.same("Identity", b.pool[0])]
+    read = {name for node in b.nodes for name in node.input}
     outputs = [computed[-1]]
-    for v in computed[:-1]:
-        if b.p(0.15) and len(outputs) < 4 and v not in outputs:
+    for v in computed[:-1] + b.taps:
+        if v in outputs or len(outputs) >= 6:
+            continue
+        if v.name not in read and b.p(0.6):
+            outputs.append(v)  # a leaf: fewer dead branches (some stay)
+        elif v.name in read and b.p(0.12):
             outputs.append(v)  # an intermediate value that is also a graph output
             b.features["intermediate_output"] += 1
     if b.p(0.3):
