@@ -28,7 +28,7 @@ import onnx.numpy_helper as onh
 
 F32, F64, F16, I64, BOOL = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
                             onnx.TensorProto.INT64, onnx.TensorProto.BOOL)
-OPSETS = (13, 17, 18, 21)
+OPSETS = (11, 12, 13, 17, 18, 21)
 INT64_MAX = np.iinfo(np.int64).max
 
 
@@ -191,9 +191,17 @@ class Builder:
 
     def axes(self, x: Val, axes: list[int], op: str) -> tuple[list[str], dict]:
         """Reduce axes as an input (opset >= 18, ReduceSum >= 13) or an attribute."""
-        if self.opset >= 18 or op == "ReduceSum":
+        if self.opset >= 18 or (op == "ReduceSum" and self.opset >= 13):
             return [self.ints(axes)], {}
         return [], {"axes": axes}
+
+    def squeeze_op(self, op: str, x: str, axes: list[int] | None, shape, dyn, dtype=F32) -> Val:
+        """Squeeze/Unsqueeze with axes as an input (opset >= 13) or an attribute."""
+        if axes is None:
+            return self.op(op, [x], shape, dyn, dtype)
+        if self.opset >= 13:
+            return self.op(op, [x, self.ints(axes)], shape, dyn, dtype)
+        return self.op(op, [x], shape, dyn, dtype, axes=axes)
 
 
 # --- helpers for shapes ----------------------------------------------------------------------------
@@ -248,6 +256,8 @@ def unary(b: Builder, x: Val) -> Val:
     if b.opset >= 20:
         ops.append("Gelu")
     op = b.choice(ops)
+    if op == "Celu" and b.opset < 12:
+        op = "Elu"
     b.features[f"unary:{op}"] += 1
     if op in ("Exp",):
         return b.same("Exp", b.same("Tanh", x))
@@ -257,6 +267,8 @@ def unary(b: Builder, x: Val) -> Val:
         lo, hi = b.choice([(0.0, 6.0), (-1.0, 1.0), (None, 0.5), (-0.5, None)])
         return b.same("Clip", x, "" if lo is None else b.scalar(lo), *([] if hi is None else [b.scalar(hi)]))
     if op == "Dropout":
+        if b.opset < 12:
+            return b.same("Dropout", x, **({"ratio": 0.3} if b.p(0.5) else {}))
         extra = b.choice([[], [b.scalar(0.3)], [b.scalar(0.5), b.const(np.array(False), "t")]])
         return b.same("Dropout", x, *extra)
     if op == "PRelu":
@@ -670,7 +682,7 @@ def shape_reshape(b: Builder, x: Val) -> Val | None:
             parts.append(b.op("Slice", [shp.name, b.ints([i]), b.ints([i + 1])], (1,), (False,), I64).name)
         else:
             g = b.op("Gather", [shp.name, b.const(np.array(i, np.int64), "idx")], (), (), I64, axis=0)
-            parts.append(b.op("Unsqueeze", [g.name, b.ints([0])], (1,), (False,), I64).name)
+            parts.append(b.squeeze_op("Unsqueeze", g.name, [0], (1,), (False,), I64).name)
     tail = int(np.prod(x.shape[keep:]))
     parts.append(b.ints([-1] if b.p(0.5) else [tail]))
     cat = b.op("Concat", parts, (keep + 1,), (False,), I64, axis=0)
@@ -735,18 +747,18 @@ def unsqueeze_squeeze(b: Builder, x: Val) -> Val | None:
         b.features["Squeeze"] += 1
         spec = [a - x.rank if b.p(0.3) else a for a in axes]
         if not any(x.dyn) and b.p(0.2) and len(axes) == len(ones):
-            return b.op("Squeeze", [x.name], [x.shape[i] for i in keep], [x.dyn[i] for i in keep])
-        return b.op("Squeeze", [x.name, b.ints(spec)], [x.shape[i] for i in keep], [x.dyn[i] for i in keep])
+            spec = None  # every 1 goes
+        return b.squeeze_op("Squeeze", x.name, spec, [x.shape[i] for i in keep], [x.dyn[i] for i in keep])
     if x.rank >= 5:
         return None
     axis = int(b.rng.integers(0, x.rank + 1))
     shape, dyn = list(x.shape), list(x.dyn)
     shape.insert(axis, 1), dyn.insert(axis, False)
     b.features["Unsqueeze"] += 1
-    y = b.op("Unsqueeze", [x.name, b.ints([axis if b.p(0.7) else axis - x.rank - 1])], shape, dyn)
+    y = b.squeeze_op("Unsqueeze", x.name, [axis if b.p(0.7) else axis - x.rank - 1], shape, dyn)
     if b.p(0.3):  # and back (noops case 9)
         b.features["Unsqueeze+Squeeze"] += 1
-        return b.op("Squeeze", [y.name, b.ints([axis])], x.shape, x.dyn)
+        return b.squeeze_op("Squeeze", y.name, [axis], x.shape, x.dyn)
     return y
 
 
@@ -789,7 +801,7 @@ def split(b: Builder, x: Val) -> list[Val] | None:
     else:
         cuts = sorted(b.rng.choice(np.arange(1, size), size=n - 1, replace=False).tolist())
         sizes = [e - s for s, e in zip([0] + cuts, cuts + [size])]
-        extra, attrs = [b.ints(sizes)], {}
+        extra, attrs = ([b.ints(sizes)], {}) if b.opset >= 13 else ([], {"split": sizes})
     outs = b.node("Split", [x.name, *extra], len(sizes), axis=axis, **attrs)
     b.features["Split"] += 1
     vals = []
@@ -951,10 +963,11 @@ def resize(b: Builder, x: Val) -> Val | None:
         attrs["coordinate_transformation_mode"] = ctm
     if mode == "nearest":
         attrs["nearest_mode"] = b.choice(["round_prefer_floor", "floor", "ceil"])
+    roi = "" if b.opset >= 13 else b.const(np.zeros((0,), np.float32), "roi")  # required before 13
     if not any(x.dyn) and b.p(0.3):
-        inputs = [x.name, "", "", b.ints(shape)]
+        inputs = [x.name, roi, "" if b.opset >= 13 else b.const(np.zeros((0,), np.float32), "scales"), b.ints(shape)]
     else:
-        inputs = [x.name, "", b.const(np.array(scales, np.float32), "scales")]
+        inputs = [x.name, roi, b.const(np.array(scales, np.float32), "scales")]
     b.features[f"Resize:{mode}"] += 1
     return b.op("Resize", inputs, shape, x.dyn, **attrs)
 
@@ -987,7 +1000,7 @@ def expand_tile(b: Builder, x: Val) -> Val | None:
     if x.rank >= 5:
         return None
     if b.p(0.5):
-        y = b.op("Unsqueeze", [x.name, b.ints([0])], (1,) + x.shape, (False,) + x.dyn)
+        y = b.squeeze_op("Unsqueeze", x.name, [0], (1,) + x.shape, (False,) + x.dyn)
         n = int(b.rng.integers(2, 4))
         spec = [n] + [1] * x.rank
         b.features["Expand"] += 1
@@ -1021,7 +1034,7 @@ def _body_chain(b: Builder, x: Val, steps: int) -> Val:
         elif kind == "act":
             v = activation(b, v)
         else:
-            v = binary_const(b, v) if kind == "const" else b.same(b.choice(SAFE_UNARY), v)
+            v = binary_const(b, v) if kind == "const" else b.same(b.choice(SAFE_UNARY[:-1]), v)
     return v
 
 
@@ -1247,6 +1260,20 @@ def _finish(b: Builder) -> Generated:
         elif v.name in read and b.p(0.12):
             outputs.append(v)  # an intermediate value that is also a graph output
             b.features["intermediate_output"] += 1
+    if b.p(0.08):  # an Identity of another output, as exporters write
+        outputs.append(b.same("Identity", b.choice(outputs)))
+        b.features["output:identity_of_output"] += 1
+    if b.p(0.06):  # a graph input passed through
+        outputs.append(b.choice([v for v in b.pool if v.is_input]))
+        b.features["output:input"] += 1
+    if b.p(0.08):  # a value computed from constants only: folding makes it an initializer output
+        v = b.choice(b.pool)
+        if not any(v.dyn) and b.p(0.5):
+            outputs.append(b.op("Shape", [v.name], (v.rank,), (False,), I64))
+        else:
+            c = b.floats((3,), 1.0)
+            outputs.append(b.op("Add", [c, b.floats((3,), 1.0)], (3,), (False,)))
+        b.features["output:constant"] += 1
     if b.p(0.3):
         b.initializers.append(onh.from_array(b.rng.standard_normal((3,)).astype(np.float32), b.name("unused")))
         b.features["unused_initializer"] += 1
