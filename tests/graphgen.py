@@ -689,6 +689,69 @@ def shape_reshape(b: Builder, x: Val) -> Val | None:
     return b.op("Reshape", [x.name, cat.name], x.shape[:keep] + (tail,), x.dyn[:keep] + (False,))
 
 
+def _i64(b: Builder, value: int) -> str:
+    return b.const(np.array(value, np.int64), "k")
+
+
+def shape_math(b: Builder, x: Val) -> Val | None:
+    """A dim read with Shape/Gather, put through integer or float arithmetic (as TorchScript's
+    interpolate and view write it), then used as a Slice end: x[..., :n] on that axis. The
+    generator computes n as ORT does (float32, truncating casts, Mod by fmod)."""
+    axis = int(b.rng.integers(x.rank))
+    size = x.shape[axis]
+    shp = b.op("Shape", [x.name], (x.rank,), (False,), I64)
+    if b.p(0.3) and b.opset >= 15:
+        d = b.squeeze_op("Squeeze", b.op("Shape", [x.name], (1,), (False,), I64, start=axis, end=axis + 1).name,
+                         [0], (), (), I64)
+    else:
+        d = b.op("Gather", [shp.name, _i64(b, axis if b.p(0.7) else axis - x.rank)], (), (), I64, axis=0)
+    n, name = size, d.name
+    for _ in range(int(b.rng.integers(1, 3))):
+        kind = b.choice(["float_scale", "sub_mod", "div", "minmax" if b.opset >= 12 else "where", "where", "size"])
+        b.features[f"shape_math:{kind}"] += 1
+        if kind == "float_scale":
+            scale = np.float32(b.choice([0.7, 0.3, 1.1, 0.9, 0.35, 2.5, 1 / 3]))
+            f = b.op("Cast", [name], (), (), F32, to=F32)
+            op = "Mul" if b.p(0.7) else "Div"
+            m = b.op(op, [f.name, b.scalar(float(scale) if op == "Mul" else float(np.float32(1) / scale))], (), (),
+                     F32)
+            value = np.float32(n) * scale if op == "Mul" else np.float32(n) / np.float32(np.float32(1) / scale)
+            n, name = int(np.trunc(value)), b.op("Cast", [m.name], (), (), I64, to=I64).name
+        elif kind == "sub_mod":
+            c, k, fmod = int(b.rng.integers(0, 2 * size + 2)), int(b.rng.integers(2, 6)), int(b.p(0.4))
+            diff = b.op("Sub", [name, _i64(b, c)], (), (), I64)
+            name = b.op("Mod", [diff.name, _i64(b, k)], (), (), I64, **({"fmod": 1} if fmod else {})).name
+            n = int(np.fmod(n - c, k)) if fmod else (n - c) % k
+        elif kind == "div":
+            c, k = int(b.rng.integers(0, 2 * size + 2)), int(b.rng.integers(2, 4))
+            diff = b.op("Sub", [name, _i64(b, c)], (), (), I64)
+            name = b.op("Div", [diff.name, _i64(b, k)], (), (), I64).name
+            n = int((n - c) / k)  # truncation, as ORT
+        elif kind == "minmax":
+            lo, hi = sorted(int(v) for v in b.rng.integers(0, size + 2, size=2))
+            name = b.op("Max", [b.op("Min", [name, _i64(b, hi)], (), (), I64).name, _i64(b, lo)], (), (), I64).name
+            n = max(min(n, hi), lo)
+        elif kind == "where":
+            c, other = int(b.rng.integers(0, size + 2)), int(b.rng.integers(1, size + 1))
+            eq = b.op("Equal", [name, _i64(b, c)], (), (), BOOL)
+            name = b.op("Where", [eq.name, _i64(b, other), name], (), (), I64).name
+            n = other if n == c else n
+        else:  # Size(x) // (the other dims)
+            total = b.op("Size", [x.name], (), (), I64)
+            rest = int(np.prod(x.shape)) // size
+            name = b.op("Div", [total.name, _i64(b, rest)], (), (), I64).name
+            n = size
+    stop = n + size if n < 0 else n
+    if min(max(stop, 0), size) < 1:
+        return None  # an empty slice: nothing left to compute with
+    end = b.squeeze_op("Unsqueeze", name, [0], (1,), (False,), I64)
+    shape = list(x.shape)
+    shape[axis] = min(max(stop, 0), size)
+    dyn = list(x.dyn)
+    dyn[axis] = True  # computed: the model cannot state it
+    return b.op("Slice", [x.name, b.ints([0]), end.name, b.ints([axis])], shape, dyn)
+
+
 def positional_range(b: Builder, x: Val) -> Val | None:
     """x + 0.1 * Range(0, dim, 1) along the last axis, the dim read with Shape (Range, Cast)."""
     b.features["Range"] += 1
@@ -1174,6 +1237,7 @@ EMITTERS = [
     ("reshape", 6, lambda v: v.rank >= 1, reshape),
     ("shape_reshape", 4, lambda v: v.rank >= 3, shape_reshape),
     ("positional_range", 2, lambda v: v.rank >= 1, positional_range),
+    ("shape_math", 4, lambda v: v.rank >= 1, shape_math),
     ("transpose", 4, lambda v: v.rank >= 2, transpose),
     ("transpose_sandwich", 4, lambda v: v.rank >= 2, transpose_sandwich),
     ("flatten", 3, lambda v: v.rank >= 1, flatten),
