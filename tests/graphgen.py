@@ -173,6 +173,30 @@ class Builder:
         del self.pure[pure:], self.pool[pool:], self.taps[taps:]
         return body
 
+    def weight(self, shape, scale=1.0, low=None) -> str:
+        """A layer parameter: mostly a constant, sometimes a constant expression (ConstantOfShape
+        fill, Transpose/Reshape/Mul of a constant, as light models and TorchScript write them)
+        or, rarely, a graph input (a weight the caller may feed)."""
+        r = self.rng.random()
+        if r < 0.05 and not self.in_body and low is None:  # a fed variance could be negative
+            self.features["weight:input"] += 1
+            return self.input(shape, [None] * len(shape)).name
+        if r < 0.10:
+            self.features["weight:fill"] += 1
+            value = float(self.rng.uniform(low, scale)) if low is not None else float(self.rng.standard_normal() * scale)
+            fill = onh.from_array(np.array([value], np.float32))
+            return self.op("ConstantOfShape", [self.ints(list(shape))], shape, (False,) * len(shape),
+                           value=fill).name
+        if r < 0.16 and len(shape) >= 2:
+            self.features["weight:transposed"] += 1
+            t = self.floats((shape[1], shape[0]) + tuple(shape[2:]), scale, low)
+            perm = [1, 0] + list(range(2, len(shape)))
+            return self.op("Transpose", [t], shape, (False,) * len(shape), perm=perm).name
+        if r < 0.20:
+            self.features["weight:scaled"] += 1
+            return self.op("Mul", [self.floats(shape, scale, low), self.scalar(1.0)], shape, (False,) * len(shape)).name
+        return self.floats(shape, scale, low)
+
     def scalar(self, value: float) -> str:
         return self.const(np.array(value, np.float32), "s")
 
@@ -339,8 +363,8 @@ def conv(b: Builder, x: Val, pointwise: bool = False, group: int | None = None, 
         out = [_conv_out(size, k, s, d, pads[i], pads[i + spatial]) for i, size in enumerate(x.shape[2:])]
     if min(out) < 1:
         return None
-    w = b.floats((m, c // group) + (k,) * spatial, 1.0 / math.sqrt(c // group * k ** spatial))
-    inputs = [x.name, w] + ([b.floats((m,), 0.2)] if b.p(0.6) else [])
+    w = b.weight((m, c // group) + (k,) * spatial, 1.0 / math.sqrt(c // group * k ** spatial))
+    inputs = [x.name, w] + ([b.weight((m,), 0.2)] if b.p(0.6) else [])
     b.features["Conv"] += 1
     return b.op("Conv", inputs, (x.shape[0], m, *out), (x.dyn[0], False, *x.dyn[2:]), **attrs)
 
@@ -363,17 +387,24 @@ def conv_transpose(b: Builder, x: Val) -> Val | None:
         attrs["dilations"] = [d] * spatial
     if any(op_pad):
         attrs["output_padding"] = op_pad
-    w = b.floats((c, m // group) + (k,) * spatial, 1.0 / math.sqrt(c // group * k ** spatial))
-    inputs = [x.name, w] + ([b.floats((m,), 0.2)] if b.p(0.5) else [])
+    w = b.weight((c, m // group) + (k,) * spatial, 1.0 / math.sqrt(c // group * k ** spatial))
+    inputs = [x.name, w] + ([b.weight((m,), 0.2)] if b.p(0.5) else [])
     b.features["ConvTranspose"] += 1
     return b.op("ConvTranspose", inputs, (x.shape[0], m, *out), (x.dyn[0], False, *x.dyn[2:]), **attrs)
 
 
 def batchnorm(b: Builder, x: Val) -> Val:
     c = (x.shape[1],)
-    inputs = [x.name, b.floats(c, 1.5, low=0.5), b.floats(c, 0.3), b.floats(c, 0.3), b.floats(c, 2.0, low=0.5)]
+    inputs = [x.name, b.weight(c, 1.5, low=0.5), b.weight(c, 0.3), b.weight(c, 0.3), b.weight(c, 2.0, low=0.5)]
     b.features["BatchNormalization"] += 1
-    return b.same("BatchNormalization", x, *inputs[1:], epsilon=float(b.choice([1e-5, 1e-3])))
+    attrs = {"epsilon": float(b.choice([1e-5, 1e-3]))}
+    if b.opset >= 14 and b.p(0.04):  # batch statistics: a training leftover, never folded
+        b.features["BatchNormalization:training"] += 1
+        outs = b.node("BatchNormalization", [x.name, *inputs[1:]], 3, training_mode=1, **attrs)
+        return Val(outs[0], x.shape, x.dyn)
+    if b.opset >= 14 and b.p(0.1):
+        attrs["training_mode"] = 0
+    return b.same("BatchNormalization", x, *inputs[1:], **attrs)
 
 
 def affine(b: Builder, x: Val, axis: int) -> Val:
@@ -413,7 +444,7 @@ def activation(b: Builder, x: Val) -> Val:
 
 
 def conv_block(b: Builder, x: Val) -> Val | None:
-    y = conv(b, x)
+    y = conv_transpose(b, x) if x.rank == 4 and _small(x) and b.p(0.2) else conv(b, x)
     if y is None:
         return None
     if b.p(0.6):
@@ -442,7 +473,7 @@ def matmul(b: Builder, x: Val) -> Val:
         return b.op("MatMul", [x.name, b.floats((k,), 1 / math.sqrt(k))], x.shape[:-1], x.dyn[:-1])
     else:
         b.features["MatMul"] += 1
-        y = b.op("MatMul", [x.name, b.floats((k, n), 1 / math.sqrt(k))], x.shape[:-1] + (n,), x.dyn[:-1] + (False,))
+        y = b.op("MatMul", [x.name, b.weight((k, n), 1 / math.sqrt(k))], x.shape[:-1] + (n,), x.dyn[:-1] + (False,))
     if b.p(0.5):
         y = b.tap(y)
         y = b.same("Add", y, b.floats((n,), 0.3)) if b.p(0.8) else b.op("Add", [b.floats((n,), 0.3), y.name], y.shape, y.dyn)
@@ -464,7 +495,7 @@ def gemm(b: Builder, x: Val) -> Val | None:
     n = int(b.rng.integers(1, 10))
     trans_b = b.p(0.5)
     bshape = (n, k) if trans_b else (k, n)
-    weight = b.input(bshape, [None, None]).name if b.p(0.15) else b.floats(bshape, 1 / math.sqrt(k))
+    weight = b.input(bshape, [None, None]).name if b.p(0.15) else b.weight(bshape, 1 / math.sqrt(k))
     inputs = [x.name, weight]
     cshapes = [(n,), (1, n), ()] + ([(m, n)] if not x.dyn[m_axis] else [])
     if b.p(0.6):
@@ -1103,9 +1134,19 @@ def _body_chain(b: Builder, x: Val, steps: int) -> Val:
 
 def if_(b: Builder, x: Val) -> Val:
     """If with small bodies; a constant condition half the time (inlined by fold_constants)."""
-    const_cond = b.p(0.5)
-    cond = b.const(np.array(b.p(0.5)), "cond") if const_cond else b.input((), [], BOOL).name
-    b.features[f"If:{'const' if const_cond else 'input'}"] += 1
+    kind = b.choice(["const", "input", "shape"])
+    if kind == "const":
+        cond = b.const(np.array(b.p(0.5)), "cond")
+    elif kind == "input":
+        cond = b.input((), [], BOOL).name
+    else:  # a test on x's shape (AffineGrid's expansion): constant once shapes fold, if static
+        axis = int(b.rng.integers(x.rank)) if x.rank else None
+        probe = b.op("Size", [x.name], (), (), I64) if axis is None or b.p(0.3) else b.op(
+            "Gather", [b.op("Shape", [x.name], (x.rank,), (False,), I64).name, _i64(b, axis)], (), (), I64, axis=0)
+        ref = int(np.prod(x.shape)) if probe.name.startswith("size") else x.shape[axis]
+        cond = b.op(b.choice(["Equal", "Greater"]), [probe.name, _i64(b, ref + int(b.choice([0, -1, 1])))], (), (),
+                    BOOL).name
+    b.features[f"If:{kind}"] += 1
     branches = []
     for tag in ("then", "else"):
         saved = b.enter_body()
