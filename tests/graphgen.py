@@ -71,6 +71,8 @@ class Builder:
         self.weights: list[tuple[tuple, str, np.ndarray]] = []  # main-graph float constants, to share
         self.taps: list[Val] = []  # values inside idioms (a Conv before its BN), output candidates
         self.in_body = False
+        self.in_function = False  # constants become Constant nodes, outer values are out of reach
+        self.functions: list[onnx.FunctionProto] = []
         self._n = 0
 
     # --- naming, randomness -------------------------------------------------------------------
@@ -93,9 +95,9 @@ class Builder:
         return found[int(self.rng.choice(len(found), p=weights / weights.sum()))][1]
 
     # --- building ------------------------------------------------------------------------------
-    def node(self, op: str, inputs: list[str], n_out: int = 1, **attrs) -> list[str]:
+    def node(self, op: str, inputs: list[str], n_out: int = 1, domain: str = "", **attrs) -> list[str]:
         outs = [self.name(op.lower()) for _ in range(n_out)]
-        self.nodes.append(oh.make_node(op, inputs, outs, name=self.name(f"n_{op}"), **attrs))
+        self.nodes.append(oh.make_node(op, inputs, outs, name=self.name(f"n_{op}"), domain=domain, **attrs))
         return outs
 
     def op(self, op: str, inputs: list[str], shape, dyn, dtype=F32, pure=True, **attrs) -> Val:
@@ -113,7 +115,7 @@ class Builder:
         """An initializer, or (one time in five) a Constant node."""
         name = self.name(hint)
         tensor = onh.from_array(np.asarray(array), name)
-        if self.p(0.2):
+        if self.in_function or self.p(0.2):
             self.nodes.append(oh.make_node("Constant", [], [name], name=self.name("n_Constant"), value=tensor))
         else:
             self.initializers.append(tensor)
@@ -126,7 +128,7 @@ class Builder:
         """A float constant; sometimes an earlier one of the same shape and kind (a shared weight),
         or a copy of one under a new name (for dedupe)."""
         key = (tuple(shape), scale, low)
-        earlier = [(name, array) for k, name, array in self.weights if k == key]
+        earlier = [(name, array) for k, name, array in self.weights if k == key and not self.in_function]
         if earlier and self.p(0.12):
             self.features["shared_weight"] += 1
             return self.choice(earlier)[0]
@@ -181,7 +183,7 @@ class Builder:
         if r < 0.05 and not self.in_body and low is None:  # a fed variance could be negative
             self.features["weight:input"] += 1
             return self.input(shape, [None] * len(shape)).name
-        if r < 0.10:
+        if r < 0.10 and len(shape) == 1:  # a filled matrix makes rows equal: LayerNorm of them is noise
             self.features["weight:fill"] += 1
             value = float(self.rng.uniform(low, scale)) if low is not None else float(self.rng.standard_normal() * scale)
             fill = onh.from_array(np.array([value], np.float32))
@@ -1160,6 +1162,28 @@ def if_(b: Builder, x: Val) -> Val:
     return Val(out, x.shape, x.dyn)
 
 
+def function_call(b: Builder, x: Val) -> Val | None:
+    """A call of a model-local function whose body is a short idiom chain (its constants are
+    Constant nodes: a function holds no initializers and sees no outer value)."""
+    if len(b.functions) >= 3:
+        return None
+    saved = b.enter_body()
+    b.in_function = True
+    param = Val(b.name("fx"), x.shape, x.dyn)
+    v = _body_chain(b, param, int(b.rng.integers(1, 4)))
+    if v.name == param.name:
+        v = b.same("Identity", v)
+    nodes, inits = b.leave_body(saved)
+    b.in_function = False
+    assert not inits
+    name = b.name("f")
+    b.functions.append(oh.make_function("local", name, [param.name], [v.name], nodes,
+                                        opset_imports=[oh.make_opsetid("", b.opset)]))
+    b.features["function"] += 1
+    out = b.node(name, [x.name], domain="local")[0]
+    return Val(out, x.shape, x.dyn)
+
+
 def batch_dot(b: Builder, x: Val) -> Val | None:
     """MXNet batch_dot: Reshape(x, [-1, tail]) -> Transpose(0, perm of tail) -> Reshape back (one Transpose)."""
     if x.rank < 3:
@@ -1298,6 +1322,7 @@ EMITTERS = [
     ("expand_tile", 2, lambda v: _small(v), expand_tile),
     ("if", 3, lambda v: True, if_),
     ("batch_dot", 2, lambda v: v.rank >= 3, batch_dot),
+    ("function", 2, lambda v: True, function_call),
     ("cse_duplicate", 4, lambda v: True, cse_duplicate),
     ("attention", 2, lambda v: v.rank == 3, attention),
     ("unflatten_dense", 2, lambda v: v.rank == 3, unflatten_dense),
@@ -1382,10 +1407,52 @@ def _finish(b: Builder) -> Generated:
     if b.p(0.3):
         b.initializers.append(onh.from_array(b.rng.standard_normal((3,)).astype(np.float32), b.name("unused")))
         b.features["unused_initializer"] += 1
-    outs = [oh.make_tensor_value_info(v.name, v.dtype, [None if d else s for s, d in zip(v.shape, v.dyn)])
-            for v in outputs]
-    graph = oh.make_graph(b.nodes, f"fuzz_{b.seed}", b.inputs, outs, b.initializers)
-    opsets = [oh.make_opsetid("", b.opset)]
-    model = oh.make_model(graph, opset_imports=opsets, ir_version=oh.find_min_ir_version_for(opsets),
-                          producer_name="graphgen")
-    return Generated(b.seed, model, dict(b.feeds), b.features)
+    def info(v: Val) -> onnx.ValueInfoProto:
+        return oh.make_tensor_value_info(v.name, v.dtype, [None if d else s for s, d in zip(v.shape, v.dyn)])
+
+    outs = [info(v) for v in outputs]
+    inputs = list(b.inputs)
+    floats = [t for t in b.initializers if t.data_type == F32 and t.name not in {o.name for o in outs}]
+    if floats and b.p(0.1):  # initializers also listed as inputs (overridable; IR v3 exporters)
+        for t in floats[:2]:
+            inputs.append(oh.make_tensor_value_info(t.name, F32, list(t.dims)))
+        b.features["initializer_inputs"] += 1
+    graph = oh.make_graph(b.nodes, f"fuzz_{b.seed}", inputs, outs, b.initializers)
+    if b.p(0.3):  # exporters' annotations of intermediate values (correct ones)
+        graph.value_info.extend(info(v) for v in computed if v not in outputs and b.p(0.3))
+        b.features["value_info"] += 1
+    if b.p(0.2):  # exporters that name no node
+        for node in graph.node:
+            node.name = ""
+        b.features["unnamed_nodes"] += 1
+    opsets = [oh.make_opsetid("", b.opset)] + ([oh.make_opsetid("local", 1)] if b.functions else [])
+    model = oh.make_model(graph, opset_imports=opsets, ir_version=oh.find_min_ir_version_for(opsets[:1]),
+                          producer_name="graphgen", functions=b.functions)
+    feeds = dict(b.feeds)
+    if b.p(0.15):  # TensorFlow-style names: "model/.../x:0"
+        model, feeds = _tf_names(model, feeds)
+        b.features["tf_names"] += 1
+    return Generated(b.seed, model, feeds, b.features)
+
+
+def _tf_names(model: onnx.ModelProto, feeds: dict) -> tuple[onnx.ModelProto, dict]:
+    """Every main-graph and body value renamed "model/<name>:0" (functions keep their own scope)."""
+    def new(name: str) -> str:
+        return f"model/{name}:0" if name else name
+
+    def graph_(g: onnx.GraphProto) -> None:
+        for vi in [*g.input, *g.output, *g.value_info]:
+            vi.name = new(vi.name)
+        for t in g.initializer:
+            t.name = new(t.name)
+        for node in g.node:
+            node.input[:] = [new(n) for n in node.input]
+            node.output[:] = [new(n) for n in node.output]
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    graph_(attr.g)
+                elif attr.type == onnx.AttributeProto.TENSOR and node.op_type == "Constant":
+                    attr.t.name = new(attr.t.name)
+
+    graph_(model.graph)
+    return model, {new(k): v for k, v in feeds.items()}
