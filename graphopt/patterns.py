@@ -17,6 +17,7 @@ __all__ = [
     "model_names",
     "fresh_name",
     "make_names_unique",
+    "aliases_training_batchnorm",
     "FILL_MIN_BYTES",
     "fill_value",
     "is_fill",
@@ -220,6 +221,21 @@ def make_names_unique(model: ir.Model) -> int:
                 else:
                     node_names.add(node.name)
     return renamed
+
+
+def aliases_training_batchnorm(old: ir.Value, new: ir.Value) -> bool:
+    """True when reading `new` wherever `old` is read would give a training-mode
+    BatchNormalization one value in two input slots. ORT 1.32 then computes wrong outputs
+    (it writes the running statistics over the shared buffer); fresh training exports have a
+    zero bias and a zero running mean, which deduplication would merge."""
+    for use in old.uses():
+        node = use.node
+        if node.op_type != "BatchNormalization" or not is_default_domain(node):
+            continue
+        training = attr_int(node, "training_mode", 0) == 1 or sum(1 for o in node.outputs if o.name) > 1
+        if training and any(v is new for i, v in enumerate(node.inputs) if i != use.idx):
+            return True
+    return False
 
 
 # --- Constants, fills and constant expressions -------------------------------------------------
