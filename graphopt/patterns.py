@@ -16,6 +16,8 @@ __all__ = [
     "remove_node_keep_value",
     "model_names",
     "fresh_name",
+    "make_names_unique",
+    "aliases_training_batchnorm",
     "FILL_MIN_BYTES",
     "fill_value",
     "is_fill",
@@ -183,6 +185,57 @@ def fresh_name(taken: set[str], base: str) -> str:
         name = f"{base}_{i}"
     taken.add(name)
     return name
+
+
+def make_names_unique(model: ir.Model) -> int:
+    """Rename every value and node whose name an earlier one in the model has; the count renamed.
+
+    onnxscript's rewriter names new values and nodes per graph (`val_0`, `node_Div_1`), so a
+    rewrite in an If body and one in the main graph collide, and the checker then rejects the
+    model; onnx-ir's NameFixPass only looks at enclosing scopes, not at values that come later.
+    Main-graph inputs and outputs keep their names (users bind to them), then the main graph's
+    values keep theirs before any body's.
+    """
+    graphs = [model.graph, *model.graph.subgraphs()]
+    fixed = [*model.graph.inputs, *model.graph.outputs]
+    taken = {v.name for v in fixed if v.name}
+    seen = {id(v) for v in fixed}
+    node_names: set[str] = set()
+    renamed = 0
+    for graph in graphs:
+        values = [*graph.inputs, *graph.initializers.values(), *(v for n in graph for v in n.outputs)]
+        for value in values:
+            if id(value) in seen or not value.name:
+                continue
+            seen.add(id(value))
+            if value.name in taken:
+                value.name = fresh_name(taken, value.name)
+                renamed += 1
+            else:
+                taken.add(value.name)
+        for node in graph:
+            if node.name:
+                if node.name in node_names:
+                    node.name = fresh_name(node_names, node.name)
+                    renamed += 1
+                else:
+                    node_names.add(node.name)
+    return renamed
+
+
+def aliases_training_batchnorm(old: ir.Value, new: ir.Value) -> bool:
+    """True when reading `new` wherever `old` is read would give a training-mode
+    BatchNormalization one value in two input slots. ORT 1.32 then computes wrong outputs
+    (it writes the running statistics over the shared buffer); fresh training exports have a
+    zero bias and a zero running mean, which deduplication would merge."""
+    for use in old.uses():
+        node = use.node
+        if node.op_type != "BatchNormalization" or not is_default_domain(node):
+            continue
+        training = attr_int(node, "training_mode", 0) == 1 or sum(1 for o in node.outputs if o.name) > 1
+        if training and any(v is new for i, v in enumerate(node.inputs) if i != use.idx):
+            return True
+    return False
 
 
 # --- Constants, fills and constant expressions -------------------------------------------------

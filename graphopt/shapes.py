@@ -9,7 +9,10 @@ propagation never touches a large tensor. The model is not modified.
 
 A dim is an `int`, a `str` (a named symbolic dim: equal names are equal dims) or `None`
 (unknown). `evaluate(node, env, dims, opset)` computes a node's outputs as `Vec`s: rank-0
-or rank-1 int/float vectors whose elements are numbers, symbols or unknown.
+or rank-1 int/float vectors whose elements are numbers, symbols or unknown. Numbers follow
+ONNX Runtime: float results are rounded to the vector's dtype after every op (float32
+`dim * 0.7` is 7.0 for dim 10, not 6.99999988), integer Div truncates, integer Mod takes
+the divisor's sign unless fmod=1.
 """
 
 from __future__ import annotations
@@ -209,7 +212,7 @@ def _num(e) -> bool:
     return isinstance(e, (int, float)) and not isinstance(e, str)
 
 
-def _binary(op: str, x, y, kind: str):
+def _binary(op: str, x, y, kind: str, fmod: int = 0):
     if _num(x) and _num(y):
         if op == "Add":
             return x + y
@@ -225,7 +228,9 @@ def _binary(op: str, x, y, kind: str):
                 return q if (x >= 0) == (y > 0) else -q  # C truncation, as ONNX Runtime
             return x / y if y != 0 else None
         if op == "Mod":
-            return None if y == 0 else int(math.fmod(x, y)) if kind in "iu" else None
+            if y == 0 or kind not in "iu":
+                return None
+            return int(math.fmod(x, y)) if fmod else x % y  # fmod=0: the sign of the divisor
         if op == "Max":
             return max(x, y)
         if op == "Min":
@@ -253,6 +258,15 @@ def _binary(op: str, x, y, kind: str):
 
 
 _BINARY = {"Add", "Sub", "Mul", "Div", "Mod", "Max", "Min", "Equal"}
+
+
+def _as(dtype: np.dtype, e):
+    """A number as ORT holds it in `dtype` (float rounded to it, int truncated); symbols unchanged."""
+    if not _num(e) or dtype.kind == "b":
+        return e
+    if dtype.kind in _INT_KINDS:
+        return int(e)
+    return float(dtype.type(e))
 _INT_KINDS = "iu"
 
 
@@ -293,9 +307,7 @@ def _evaluate(node: ir.Node, env, dims: Dims, opset: int) -> Vec | None:
         dt = to.numpy()
         if dt.kind not in "iuf":
             return None
-        elems = [e if not _num(e) else (int(e) if dt.kind in _INT_KINDS else float(e)) for e in v.elems]
-        if dt.kind in _INT_KINDS and any(isinstance(e, float) for e in v.elems):
-            elems = [int(e) if isinstance(e, float) else e for e in v.elems]
+        elems = [_as(dt, e) for e in v.elems]
         if dt.kind == "f" and dt.itemsize < 4:
             elems = [e if _num(e) else None for e in elems]
         return Vec(dt, v.rank, elems)
@@ -329,6 +341,8 @@ def _evaluate(node: ir.Node, env, dims: Dims, opset: int) -> Vec | None:
             else (_ints(ins[1], env) if len(ins) > 1 and ins[1] is not None else None)
         if v is None or v.rank != 1 or axes not in (None, [0], [-1]):
             return None
+        if axes is None and attr_int(node, "noop_with_empty_axes", 0):
+            return v  # no axes: the input unchanged
         if all(_num(e) for e in v.elems):
             total = math.prod(v.elems) if op == "ReduceProd" else sum(v.elems)
         else:
@@ -348,11 +362,10 @@ def _evaluate(node: ir.Node, env, dims: Dims, opset: int) -> Vec | None:
             return None
         xs, ys, rank = pair
         kind = a.dtype.kind
-        elems = [_binary(op, x, y, kind) for x, y in zip(xs, ys)]
+        fmod = attr_int(node, "fmod", 0)
+        elems = [_binary(op, x, y, kind, fmod) for x, y in zip(xs, ys)]
         dtype = np.dtype(np.bool_) if op == "Equal" else a.dtype
-        if dtype.kind in _INT_KINDS:
-            elems = [int(e) if _num(e) else e for e in elems]
-        return Vec(dtype, rank, elems)
+        return Vec(dtype, rank, [_as(dtype, e) for e in elems])
     if op == "Where":
         c, a, b = (_get(i, env) for i in ins[:3])
         if c is None or a is None or b is None or None in c.elems or any(isinstance(e, str) for e in c.elems):

@@ -37,6 +37,12 @@ Cases:
    outputs, a result whose dtype differs from the declared one, or an evaluation that fails
    in both evaluators. The node is left as it was (debug log).
 6. Dead nodes (no output used, none a graph output) are left to dead-code elimination.
+7. An If whose condition is constant is replaced by the branch it takes
+   (`constant_folding_if`), and the branch's nodes are folded in the same run. ORT inlines
+   it anyway from ORT_ENABLE_BASIC up, and then rejects constant [1] tensors fed to Range.
+8. Range is evaluated with its one-element inputs as scalars, as ORT's kernel reads them (its
+   shape inference, which runs when all three are constants, refuses [1] tensors). When the
+   result is too big to fold, such inputs are still replaced by scalar constants.
 
 Scope: the main graph, then every If/Loop/Scan body (outer constants count as constants
 inside; the result is an initializer of the body that owns the node). Functions are left
@@ -47,6 +53,7 @@ from __future__ import annotations
 
 __all__ = ["FoldConstantsPass"]
 
+import collections
 import logging
 
 import numpy as np
@@ -57,6 +64,7 @@ import onnxruntime as ort
 
 from graphopt import patterns
 from graphopt.pipeline import CountedPassResult
+from passes.constant_folding_if import inline_constant_if
 
 logger = logging.getLogger(__name__)
 
@@ -80,19 +88,33 @@ class FoldConstantsPass(ir.passes.InPlacePass):
         self._taken = patterns.model_names(model)
         self._opset = patterns.opset_version(model)
         self._ir_version = max(model.ir_version, 4)  # IR 3 would want the inputs listed as graph inputs
+        self._inlined = self._scalarized = 0
         folded = self._fold_graph(model.graph)
         for subgraph in list(model.graph.subgraphs()):
             folded += self._fold_graph(subgraph)
         if folded and model.ir_version < 4:
             model.ir_version = 4  # IR 3 wants every initializer listed as a graph input
-        if folded:
-            logger.info("folded %d constant nodes", folded)
-        return CountedPassResult(model, folded > 0, counters={"nodes_folded": folded})
+        if folded or self._inlined:
+            logger.info("folded %d constant nodes, inlined %d If", folded, self._inlined)
+        counters = {"nodes_folded": folded}
+        if self._inlined:
+            counters["if_inlined"] = self._inlined
+        if self._scalarized:
+            counters["range_inputs_made_scalar"] = self._scalarized
+        return CountedPassResult(model, folded + self._inlined + self._scalarized > 0, counters=counters)
 
     def _fold_graph(self, graph: ir.Graph) -> int:
         count = 0
-        for node in list(graph):
-            if node.graph is graph and self._fold(node, graph):
+        pending = collections.deque(graph)
+        while pending:
+            node = pending.popleft()
+            if node.graph is not graph:
+                continue
+            inlined = inline_constant_if(node, self._taken)
+            if inlined is not None:
+                pending.extendleft(reversed(inlined))  # fold the branch's nodes next, in order
+                self._inlined += 1
+            elif self._fold(node, graph):
                 count += 1
         return count
 
@@ -121,6 +143,7 @@ class FoldConstantsPass(ir.passes.InPlacePass):
         if predicted is not None and (self._too_big(predicted, freed) or (
                 node.op_type == "ConstantOfShape" and patterns.FILL_MIN_BYTES < predicted > freed)):
             logger.debug("not folding %s (%s): %d bytes predicted", node.name, node.op_type, predicted)
+            self._scalar_range_inputs(node, graph, tensors)
             return False
         results = _evaluate(proto)
         if results is None or len(results) != len(outputs):
@@ -136,12 +159,30 @@ class FoldConstantsPass(ir.passes.InPlacePass):
         nbytes = sum(t.nbytes for t in new_tensors)
         if self._too_big(nbytes, freed) or (nbytes > freed and any(patterns.is_fill(a) for a in results)):
             logger.debug("not folding %s (%s): result too large, or a fill", node.name, node.op_type)
+            self._scalar_range_inputs(node, graph, tensors)
             return False
         self._replace(node, graph, outputs, new_tensors, list(tensors))
         return True
 
     def _too_big(self, nbytes: int, freed: int) -> bool:
         return nbytes > self.size_limit_bytes and nbytes > freed
+
+    def _scalar_range_inputs(self, node: ir.Node, graph: ir.Graph,
+                             tensors: dict[ir.Value, ir.TensorProtocol]) -> None:
+        """Case 8 when Range is not folded: its one-element constant inputs become scalars."""
+        if node.op_type != "Range":
+            return
+        for i, value in enumerate(node.inputs):
+            tensor = tensors.get(value)
+            if tensor is None or tensor.size != 1 or not tensor.shape.dims:
+                continue
+            array = tensor.numpy().reshape(())
+            scalar = patterns.add_initializer(graph, patterns.fresh_name(self._taken, f"{value.name}_scalar"),
+                                              array, name_is_fresh=True)
+            node.replace_input_with(i, scalar)
+            patterns.drop_if_unused(value)
+            logger.debug("Range %s: input %s is now the scalar %s", node.name, value.name, scalar.name)
+            self._scalarized += 1
 
     def _single_node_model(self, node: ir.Node, tensors: dict[ir.Value, ir.TensorProtocol]) -> onnx.ModelProto:
         node_proto = ir.serde.serialize_node(node)
@@ -158,6 +199,8 @@ class FoldConstantsPass(ir.passes.InPlacePass):
         for name, tensor in initializers.items():
             tensor_proto = ir.serde.serialize_tensor(tensor)
             tensor_proto.name = name
+            if node.op_type == "Range" and len(tensor_proto.dims) and tensor.size == 1:
+                del tensor_proto.dims[:]  # case 8: ORT's kernel reads a [1] tensor as its scalar
             graph.initializer.append(tensor_proto)
         graph.output.extend(onnx.ValueInfoProto(name=o) for o in node_proto.output if o)
         return onnx.helper.make_model(graph, ir_version=self._ir_version,

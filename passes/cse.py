@@ -20,6 +20,8 @@ Refused:
    different graphs are never merged with each other.
 7. Nodes with no outputs, an `Identity` whose merge would only add another `Identity`, and
    a merge that needs an `Identity` in a function that does not import the ONNX domain.
+8. A merge that would give a training-mode BatchNormalization one value in two inputs:
+   ORT 1.32 computes that wrongly (`patterns.aliases_training_batchnorm`).
 
 Why not `onnx_ir.passes.common.CommonSubexpressionEliminationPass`: it merges Bernoulli,
 training Dropout and custom-domain ops, compares -0.0 equal to 0.0, and covers the main
@@ -37,7 +39,7 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
-from graphopt.patterns import graphs_of
+from graphopt.patterns import aliases_training_batchnorm, graphs_of
 from graphopt.pipeline import CountedPassResult
 
 logger = logging.getLogger(__name__)
@@ -139,6 +141,8 @@ def _cse_graph(graph: ir.Graph | ir.Function, counters: collections.Counter) -> 
             continue  # merging would only trade it for an Identity, or there is no opset for one
         if not _same_tensors(node, keep):
             continue
+        if any(aliases_training_batchnorm(o, k) for o, k in zip(node.outputs, keep.outputs)):
+            continue  # ORT miscomputes a training BatchNormalization reading one value twice
         logger.debug("merging %s (%s) into %s", node.name, node.op_type, keep.name)
         _merge(graph, node, keep, counters)
         counters["nodes_merged"] += 1

@@ -17,6 +17,9 @@ Refused:
 4. Across graphs: a body initializer equal to an outer one is left alone (merging would
    turn it into an outer-scope reference; we keep bodies self-contained).
 5. Tensors whose data cannot be read (missing external file) are skipped.
+6. A merge that would give a training-mode BatchNormalization one value in two inputs
+   (bias and running mean are both zeros in a fresh training export): ORT 1.32 computes
+   that wrongly (`patterns.aliases_training_batchnorm`).
 
 Why not `onnx_ir.passes.common.DeduplicateInitializersPass`: it skips tensors over 1024
 elements by default (the weights worth merging), keys a dict on the full bytes of every
@@ -34,6 +37,7 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
+from graphopt.patterns import aliases_training_batchnorm
 from graphopt.pipeline import CountedPassResult
 
 logger = logging.getLogger(__name__)
@@ -101,6 +105,8 @@ def _merge(graph: ir.Graph, same: list[ir.Value], counters: collections.Counter)
         data = _data(init)
         if data is None or not np.array_equal(np.frombuffer(data, np.uint8), np.frombuffer(keep_data, np.uint8)):
             continue
+        if aliases_training_batchnorm(init, keep):
+            continue  # ORT miscomputes a training BatchNormalization reading one value twice
         logger.debug("initializer %s duplicates %s", init.name, keep.name)
         init.replace_all_uses_with(keep)
         del graph.initializers[init.name]

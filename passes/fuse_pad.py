@@ -16,6 +16,9 @@ not into pooling: Keras Inception runs 7% faster (ORT CPU time) with its Pads fo
 Required everywhere: opset >= 11 (Pad's pads as an input), constant-mode Pad, constant
 pads that are non-negative and zero on batch and channel axes, a constant padding value
 (not a graph input), auto_pad NOTSET, the Pad read by this node only, a known rank.
+Pooling also needs: every resulting pad smaller than the kernel (ORT refuses the model
+otherwise: "Pad should be smaller than kernel"), and with ceil_mode=1 no end padding from
+the Pad (a last window starting in padded rows is dropped from pads, kept from data).
 Bodies of If/Loop/Scan are rewritten too. Graph outputs are never a Pad we remove.
 """
 
@@ -30,7 +33,7 @@ import math
 import numpy as np
 import onnx_ir as ir
 
-from graphopt.patterns import attr_ints, constant_array, is_default_domain, opset_version, single_consumer
+from graphopt.patterns import attr_int, attr_ints, constant_array, is_default_domain, opset_version, single_consumer
 from graphopt.pipeline import CountedPassResult
 
 logger = logging.getLogger(__name__)
@@ -131,6 +134,12 @@ def _fold_into_pool(pool: ir.Node) -> bool:
         return False
     new_pads, value = spec
     old = attr_ints(pool, "pads") or [0] * len(new_pads)
+    kernel = attr_ints(pool, "kernel_shape") or []
+    merged = [a + b for a, b in zip(old, new_pads)]
+    if len(kernel) * 2 != len(merged) or any(p >= kernel[i % len(kernel)] for i, p in enumerate(merged)):
+        return False  # ORT: "Pad should be smaller than kernel"
+    if attr_int(pool, "ceil_mode", 0) and any(new_pads[len(kernel):]):
+        return False  # the output size would change
     if pool.op_type == "AveragePool":
         if value != 0.0 or any(old):
             return False
@@ -140,7 +149,7 @@ def _fold_into_pool(pool: ir.Node) -> bool:
             return False  # Indices would point into the padded tensor
         if not (value == -math.inf or (value == 0.0 and non_negative(x))):
             return False
-    pool.attributes["pads"] = ir.AttrInt64s("pads", [a + b for a, b in zip(old, new_pads)])
+    pool.attributes["pads"] = ir.AttrInt64s("pads", merged)
     pool.replace_input_with(0, x)
     pad.graph.remove(pad, safe=True)
     logger.debug("Pad folded into %s %s", pool.op_type, pool.name)

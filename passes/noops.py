@@ -23,7 +23,8 @@ Cases (default domain only), in every graph: main graph, If/Loop/Scan bodies, fu
    Paddle's `scale` op writes them (x * s + 0).
 
 Refused: anything whose proof needs unknown dtypes, shapes or non-constant attributes;
-custom domains; pairs whose first node lives in another graph. Graph input/output names
+custom domains; pairs whose first node lives in another graph; a removal that would give a
+training-mode BatchNormalization one value in two inputs (ORT 1.32 computes that wrongly). Graph input/output names
 stay stable (`graphopt.patterns.remove_node_keep_value`): a no-op between a graph input
 (or initializer) and a graph output is kept, and so is a body's no-op that forwards an
 outer-scope value to a body output (renaming it would break the outer graph).
@@ -38,8 +39,8 @@ import logging
 
 import onnx_ir as ir
 
-from graphopt.patterns import (attr_int, attr_ints, constant_array, graphs_of, is_default_domain,
-                               remove_node_keep_value, single_consumer)
+from graphopt.patterns import (aliases_training_batchnorm, attr_int, attr_ints, constant_array, graphs_of,
+                               is_default_domain, remove_node_keep_value, single_consumer)
 from graphopt.pipeline import CountedPassResult
 
 logger = logging.getLogger(__name__)
@@ -72,6 +73,8 @@ def _replace(node: ir.Node, value: ir.Value | None, first: ir.Node | None = None
     if value is None:
         return False
     out = node.outputs[0]
+    if aliases_training_batchnorm(out, value):
+        return False  # ORT miscomputes a training BatchNormalization reading one value twice
     # The value may take over a graph output's name, and graph outputs need a type. Equal
     # values, so the output's annotations are the value's.
     if value.type is None:

@@ -25,6 +25,10 @@ ranks that are unknown where the form needs them, non-float types. Matched nodes
 intermediate values are used elsewhere are never removed (onnxscript checks this).
 Custom-domain ops are never matched. Bodies of If/Loop/Scan are rewritten too; functions
 are rewritten only when they need no new initializer. Graph outputs keep their names.
+onnxscript names new values and nodes per graph (`val_0`, `node_Div_1`), so a body and the
+main graph rewritten in one run get the same names (the checker then rejects the model, "not
+in SSA form"): after a rewrite, `patterns.make_names_unique` renames the duplicates (graph
+inputs and outputs keep theirs).
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ import logging
 
 import onnx_ir as ir
 
-from graphopt.patterns import graphs_of, opset_version
+from graphopt.patterns import graphs_of, make_names_unique, opset_version
 from graphopt.pipeline import CountedPassResult
 
 logger = logging.getLogger(__name__)
@@ -82,5 +86,6 @@ class RecomposeOpsPass(ir.passes.InPlacePass):
             if count:
                 counters[f"{name}_recomposed"] = count
         if counters:
+            make_names_unique(model)
             logger.info("recomposed: %s", counters)
         return CountedPassResult(model, bool(counters), counters)

@@ -142,6 +142,10 @@ class _LayerNorm(pattern.RewriteRuleClassBase):
                            and normalized.producer().op_type == "Div")
         if self.opset < 17 and self._canonical:
             return result.fail("already the form ONNX Runtime fuses (no LayerNormalization before opset 17)")
+        if self.opset < 17 and _cast_from_other_than_float(x):
+            # ORT 1.32's LayerNormFusion takes the Cast in, then has no kernel for its source
+            # type (double, ints: the session fails to load at ORT_ENABLE_BASIC and up).
+            return result.fail("x is a Cast from a type ORT's LayerNorm fusion cannot run")
         return result
 
     def rewrite(self, op, x, gamma, beta=None, **_):
@@ -159,6 +163,13 @@ class _LayerNorm(pattern.RewriteRuleClassBase):
         std = op.Sqrt(op.Add(var, _const(op, np.array(self._eps, dtype))))
         y = op.Mul(op.Div(d, std), _const(op, g))
         return op.Add(y, _const(op, b)) if b is not None else y
+
+
+def _cast_from_other_than_float(x: ir.Value) -> bool:
+    node = x.producer()
+    if node is None or node.op_type != "Cast" or not node.inputs or node.inputs[0] is None:
+        return False
+    return node.inputs[0].dtype not in (ir.DataType.FLOAT, ir.DataType.FLOAT16)
 
 
 def _bias_follows(y: ir.Value) -> bool:

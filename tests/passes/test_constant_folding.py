@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 import pytest
 
@@ -273,3 +274,120 @@ def test_ir3_model_becomes_ir4_when_it_gains_initializers():
     before, result = fold(model)
     assert result.modified and model.ir_version == 4
     util.assert_equivalent(before, model)
+
+
+def run_at_ort_default(model: ir.Model, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Load and run at ORT's default level, where ORT inlines and folds what it can first."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(util.to_proto(model).SerializeToString(), ort.SessionOptions(),
+                                   providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)
+
+
+# Minimized from onnx's test_affine_grid_2d_expanded: an If whose condition folding made
+# constant, its branch passing a [1] tensor to Range. ORT at ORT_ENABLE_BASIC and up inlines
+# the If, then refuses the model ("Input to 'Range' op should be scalars") unless the branch
+# is inlined and Range folded first.
+AFFINE_GRID_RANGE = HEADER + """
+    g (int64[4] size) => (float[?] y) <int64 zero = {0}, int64 one = {1}, int64[1] one_1d = {1}, bool cond = {1}> {
+        d, h = If(cond) <
+            then_branch = tb () => (int64[1] d_then, int64[1] h_then) {
+                d_then = Identity(one_1d)
+                n, c, h_then, w = Split <num_outputs = 4> (size)
+            },
+            else_branch = eb () => (int64[1] d_else, int64[1] h_else) {
+                n2, c2, d_else, h_else, w2 = Split <num_outputs = 5> (size)
+            }>
+        rd = Range(zero, d, one)
+        rh = Range(zero, h, one)
+        cat = Concat <axis = 0> (rd, rh)
+        y = Cast <to = 1> (cat)
+    }"""
+
+
+def test_if_with_constant_condition_is_inlined_and_range_folded():
+    model = util.parse(AFFINE_GRID_RANGE)
+    before, result = fold(model)
+    assert result.counters["if_inlined"] == 1
+    assert "If" not in util.ops(model)
+    assert util.ops(model).count("Range") == 1  # Range(zero, d, one) folded; h is Split of an input
+    feeds = {"size": np.array([1, 1, 5, 6], np.int64)}
+    util.assert_equivalent(before, model, feeds=feeds)
+    np.testing.assert_array_equal(run_at_ort_default(model, feeds)[0], util.run(before, feeds)[0])
+
+
+@pytest.mark.parametrize("cond", [True, False])
+def test_inlined_if_keeps_graph_output_names(cond):
+    model = util.parse(HEADER + """
+        g (float[3] x) => (float[3] y, float[3] z) <bool c = {%d}, float[3] a = {1,2,3}> {
+            y, z = If(c) <
+                then_branch = tb () => (float[3] r, float[3] r2) {
+                    r = Add(x, a)
+                    r2 = Identity(x)
+                },
+                else_branch = eb () => (float[3] s, float[3] s) <float[3] k = {4,5,6}> {
+                    s = Mul(x, k)
+                }>
+        }""" % cond)
+    before, result = fold(model)
+    assert result.counters["if_inlined"] == 1 and "If" not in util.ops(model)
+    assert [v.name for v in model.graph.outputs] == ["y", "z"]
+    # A value returned twice (else) goes through an Identity for the second output.
+    assert util.ops(model) == (["Add", "Identity"] if cond else ["Mul", "Identity"])
+    assert len({v.name for n in model.graph for v in n.outputs}) == 2
+    feeds = {"x": np.array([1, 2, 3], np.float32)}
+    # Not compared with ORT on the original: ORT 1.32 returns garbage for the first of two
+    # If outputs that a branch returns as one value.
+    expected = [[2, 4, 6], [1, 2, 3]] if cond else [[4, 10, 18], [4, 10, 18]]
+    onnx.checker.check_model(util.to_proto(model), full_check=True)
+    for got in (util.run(model, feeds), run_at_ort_default(model, feeds)):
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_if_inside_a_loop_body_is_inlined_there():
+    model = util.parse(HEADER + """
+        g (int64 n, float[3] x) => (float[3] y) <bool t = {1}> {
+            y = Loop(n, t, x) <body = body (int64 i, bool c, float[3] acc) => (bool c_out, float[3] acc_out) {
+                c_out = Identity(c)
+                acc_out = If(t) <
+                    then_branch = tb () => (float[3] r) <float[3] k = {1,1,1}> { r = Add(acc, k) },
+                    else_branch = eb () => (float[3] s) { s = Neg(acc) }>
+            }>
+        }""")
+    before, result = fold(model)
+    assert result.counters["if_inlined"] == 1
+    body = model.graph.node(0).attributes["body"].as_graph()
+    assert [n.op_type for n in body] == ["Identity", "Add"]
+    assert [v.name for v in body.outputs] == ["c_out", "acc_out"]
+    feeds = {"n": np.array(3, np.int64), "x": np.array([1, 2, 3], np.float32)}
+    util.assert_equivalent(before, model, feeds=feeds)
+    run_at_ort_default(model, feeds)
+
+
+@pytest.mark.parametrize("cond", ["bool c", "bool[2] c = {1, 0}"])
+def test_if_on_an_input_or_a_non_scalar_condition_stays(cond):
+    model = util.parse(HEADER + """
+        g (%s, float[3] x) => (float[3] y) %s {
+            y = If(c) <then_branch = tb () => (float[3] r) { r = Neg(x) },
+                       else_branch = eb () => (float[3] s) { s = Abs(x) }>
+        }""" % ((cond, "") if "=" not in cond else ("float[1] unused", "<%s>" % cond)))
+    assert "if_inlined" not in FoldConstantsPass()(model).counters
+    assert [n.op_type for n in model.graph] == ["If"]
+
+
+def test_large_range_keeps_its_node_with_scalar_inputs():
+    model = util.parse(HEADER + """
+        g (float[N] x) => (float[N] y) <float[1] zero = {0}, float[1] half = {524288}, float one = {1}> {
+            n = Add(half, half)
+            r = Range(zero, n, one)
+            y = Add(x, r)
+        }""")
+    before, result = fold(model)  # folding n makes all of Range's inputs constant: ORT then checks them
+    assert result.counters == {"nodes_folded": 1, "range_inputs_made_scalar": 2}
+    rng = model.graph.node(0)
+    assert rng.op_type == "Range" and all(v.shape == ir.Shape([]) for v in rng.inputs)
+    assert "zero" not in model.graph.initializers
+    feeds = {"x": np.ones(1 << 20, np.float32)}
+    util.assert_equivalent(before, model, feeds=feeds)
+    run_at_ort_default(model, feeds)

@@ -182,3 +182,18 @@ def test_function_outputs_identity_needs_onnx_domain(opsets, merged):
     assert [n.op_type for n in function] == (["Normalizer", "Identity"] if merged else ["Normalizer"] * 2)
     assert [v.name for v in function.outputs] == ["b", "c"]
     assert_equivalent(before, model)
+
+
+def test_training_batchnorm_inputs_are_not_merged():
+    # Two equal Constants feeding bias and running mean: ORT 1.32 miscomputes a training-mode
+    # BatchNormalization that reads one value twice (see test_dedupe).
+    model = parse("""
+        <ir_version: 8, opset_import: ["" : 15]>
+        g (float[2,4,3] x) => (float[2,4,3] y) <float[4] scale = {1,1,1,1}, float[4] var = {1,1,1,1}> {
+            b = Constant <value = float[4] {0,0,0,0}> ()
+            mean = Constant <value = float[4] {0,0,0,0}> ()
+            y, rm, rv = BatchNormalization <training_mode = 1> (x, scale, b, mean, var)
+        }""")
+    before = copy(model)
+    assert not EliminateCommonSubexpressionsPass()(model).modified
+    assert_equivalent(before, model, {"x": np.random.default_rng(0).standard_normal((2, 4, 3)).astype(np.float32)})

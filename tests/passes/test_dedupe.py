@@ -129,3 +129,26 @@ def test_no_initializers():
     model = parse("""<ir_version: 8, opset_import: ["" : 17]> g (float[2] x) => (float[2] y) { y = Relu(x) }""")
     assert _apply(model).modified is False
     onnx.checker.check_model(to_proto(model), full_check=True)
+
+
+# Found by tests/test_differential.py (seed 2278, through noops): ORT 1.32 computes a
+# training-mode BatchNormalization wrongly when two of its inputs are one value, and a fresh
+# training export has a zero bias and a zero running mean.
+def test_training_batchnorm_inputs_are_not_merged():
+    model = parse("""
+        <ir_version: 8, opset_import: ["" : 15]>
+        g (float[2,4,3] x) => (float[2,4,3] y)
+          <float[4] scale = {1,1,1,1}, float[4] b = {0,0,0,0}, float[4] mean = {0,0,0,0}, float[4] var = {1,1,1,1}> {
+            y, rm, rv = BatchNormalization <training_mode = 1> (x, scale, b, mean, var)
+        }""")
+    before = copy(model)
+    assert not DeduplicateInitializersPass()(model).modified
+    assert_equivalent(before, model, {"x": np.random.default_rng(0).standard_normal((2, 4, 3)).astype(np.float32)})
+    # In inference the same tensors merge: ORT reads them correctly there.
+    inference = parse("""
+        <ir_version: 8, opset_import: ["" : 15]>
+        g (float[2,4,3] x) => (float[2,4,3] y)
+          <float[4] scale = {1,1,1,1}, float[4] b = {0,0,0,0}, float[4] mean = {0,0,0,0}, float[4] var = {1,1,1,1}> {
+            y = BatchNormalization(x, scale, b, mean, var)
+        }""")
+    assert DeduplicateInitializersPass()(inference).counters["initializers_merged"] == 2

@@ -7,6 +7,7 @@ from passes.dead_code import EliminateDeadCodePass
 from passes.fold_shapes import FoldShapesPass
 from passes.input_shapes import SetInputShapesPass
 from tests.util import assert_equivalent, copy, ops, parse, to_proto
+from tests.util import run as util_run
 
 # The TorchScript exporter's `x.view(x.size(0), x.size(1), 4, -1)` on x: [batch, seq, 32].
 TS_VIEW = """
@@ -241,3 +242,41 @@ def test_flatten_that_merges_dims_is_kept():
         g (float[batch,8,2] x) => (float[batch,16] y) { y = Flatten(x) }
     """)
     assert not FoldShapesPass()(model).modified
+
+
+# Found by tests/test_differential.py: shape arithmetic folded to other numbers than ORT's.
+@pytest.mark.parametrize("arith, expected", [
+    # TorchScript's int(w * 0.7): 10 * 0.7 is 7.0 in float32 (ORT); in float64, 6.99999988 -> 6
+    ("wf = Cast <to = 1> (w)\n m = Mul(wf, s)\n n = Cast <to = 7> (m)", 7),
+    ("d = Sub(w, twelve)\n n = Mod(d, four)", 2),               # fmod=0: -2 mod 4 takes 4's sign
+    ("d = Sub(w, twelve)\n n = Mod <fmod = 1> (d, four)", 0),   # fmod=1: -2, an empty Range
+])
+def test_shape_arithmetic_follows_ort_numbers(arith, expected):
+    model = parse("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[1,1,8,10] x) => (int64[?] y)
+          <int64 three = {3}, float s = {0.7}, int64 twelve = {12}, int64 four = {4}, int64 zero = {0},
+           int64 one = {1}> {
+            sh = Shape(x)
+            w = Gather(sh, three)
+            %s
+            y = Range(zero, n, one)
+        }""" % arith)
+    before, result = _fold(model)
+    assert result.counters["values_folded"] == 1 and "Shape" not in ops(model)
+    feeds = {"x": np.zeros((1, 1, 8, 10), np.float32)}
+    assert_equivalent(before, model, feeds)
+    assert len(util_run(model, feeds)[0]) == expected
+
+
+def test_reduce_sum_without_axes_and_noop_with_empty_axes_keeps_the_vector():
+    model = parse("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[1,2,3,4] x) => (float[?,?,?,?] y) {
+            sh = Shape(x)
+            r = ReduceSum <noop_with_empty_axes = 1> (sh)
+            y = Reshape(x, r)
+        }""")
+    before, _ = _fold(model)
+    onnx.checker.check_model(to_proto(model), full_check=True)
+    assert_equivalent(before, model, {"x": np.ones((1, 2, 3, 4), np.float32)})

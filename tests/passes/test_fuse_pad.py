@@ -120,3 +120,37 @@ def test_pooling_pad_left_alone(pool, source, value):
     before = copy(model)
     assert not FusePadPass()(model).modified
     assert ops(model) == ops(before)
+
+
+# Found by tests/test_differential.py (seed 1): Pad(0,0,1,0 / 0,0,0,2) -> AveragePool(kernel 2)
+# became pads [1,0,0,2], which ORT refuses ("Pad should be smaller than kernel").
+@pytest.mark.parametrize("pool, pads, pool_attrs", [
+    ("AveragePool", "0,0,1,0,0,0,0,2", ""),                 # an end pad equal to the kernel
+    ("MaxPool", "0,0,1,1,0,0,1,1", ", pads = [1, 1, 1, 1]"),  # 1 + 1 from the pool's own pads
+    ("AveragePool", "0,0,0,0,0,0,1,1", ", ceil_mode = 1"),  # 4 rows + 1 padded: 3 windows, 2 from pads
+    ("MaxPool", "0,0,0,0,0,0,1,1", ", ceil_mode = 1"),
+])
+def test_pooling_pad_not_folded_where_ort_or_the_output_size_would_differ(pool, pads, pool_attrs):
+    model = parse("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[2,3,4,4] x) => (float[2,3,?,?] y) <int64[8] pads = {%s}> {
+            a = Relu(x)
+            p = Pad(a, pads)
+            y = %s <kernel_shape = [2, 2], strides = [2, 2]%s> (p)
+        }""" % (pads, pool, pool_attrs))
+    before = copy(model)
+    assert not FusePadPass()(model).modified
+    assert ops(model) == ops(before)
+
+
+def test_pooling_pad_below_the_kernel_still_folds_with_ceil_mode():
+    model = parse("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[2,3,5,5] x) => (float[2,3,?,?] y) <int64[8] pads = {0,0,1,1,0,0,0,0}> {
+            a = Relu(x)
+            p = Pad(a, pads)
+            y = MaxPool <kernel_shape = [2, 2], strides = [2, 2], ceil_mode = 1> (p)
+        }""")
+    before = copy(model)
+    assert FusePadPass()(model).counters == {"pads_folded_into_pool": 1}
+    assert_equivalent(before, model, {"x": np.random.default_rng(0).standard_normal((2, 3, 5, 5)).astype(np.float32)})

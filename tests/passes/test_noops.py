@@ -370,3 +370,19 @@ def test_neutral_arithmetic(body, expected):
     EliminateNoOpsPass()(model)
     assert ops(model) == expected
     assert_equivalent(before, model, {"x": np.array([[1, -2, 3], [0, 5, -6]], np.float32)})
+
+
+# Found by tests/test_differential.py (seed 2278): `mean * 1` as the bias of a training-mode
+# BatchNormalization whose running mean is `mean`; dropping the Mul made one value feed two
+# inputs, which ORT 1.32 computes wrongly.
+def test_no_op_kept_where_a_training_batchnorm_would_read_one_value_twice():
+    model = parse("""
+        <ir_version: 8, opset_import: ["" : 15]>
+        g (float[2,4,3] x) => (float[2,4,3] y)
+          <float[4] scale = {1,1,1,1}, float[4] mean = {0.5,0,1,0}, float[4] var = {1,1,1,1}, float one = {1}> {
+            b = Mul(mean, one)
+            y, rm, rv = BatchNormalization <training_mode = 1> (x, scale, b, mean, var)
+        }""")
+    before = copy(model)
+    assert not EliminateNoOpsPass()(model).modified
+    assert_equivalent(before, model, {"x": np.random.default_rng(0).standard_normal((2, 4, 3)).astype(np.float32)})

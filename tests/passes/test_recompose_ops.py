@@ -210,3 +210,53 @@ def test_subgraph_and_custom_domain():
     assert [n.op_type for n in body] == ["Gelu"]
     assert "custom" in {n.domain for n in model.graph}  # the custom Erf chain is untouched
     onnx.checker.check_model(to_proto(model), full_check=False)
+
+
+# Found by tests/test_differential.py (seed 37): a Gelu recomposed in an If body and another
+# in the main graph both got onnxscript's per-graph names (val_0, val_2, node_Div_1): the
+# checker rejects the model ("not in single static assignment form").
+def test_rewrites_in_a_body_and_the_main_graph_get_distinct_names():
+    gelu = """
+            a{i} = Mul(x, k)
+            e{i} = Erf(a{i})
+            p{i} = Add(e{i}, one)
+            h{i} = Mul(p{i}, half)
+            {out} = Mul(x, h{i})"""
+    model = parse("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[2,4] x, bool c) => (float[2,4] y, float[2,4] z)
+          <float k = {0.70710677}, float one = {1.0}, float half = {0.5}> {
+            y = If(c) <
+                then_branch = th () => (float[2,4] t) {%s
+                },
+                else_branch = el () => (float[2,4] u) { u = Neg(x) }
+            >%s
+        }""" % (gelu.format(i=1, out="t"), gelu.format(i=2, out="z")))
+    before = copy(model)
+    assert RecomposeOpsPass()(model).counters == {"gelu_recomposed": 2}
+    body = model.graph.node(0).attributes["then_branch"].as_graph()
+    names = [v.name for g in (model.graph, body) for n in g for v in n.outputs]
+    names += [*model.graph.initializers, *body.initializers]
+    assert len(names) == len(set(names))
+    assert [v.name for v in model.graph.outputs] == ["y", "z"]
+    onnx.checker.check_model(to_proto(model), full_check=True)
+    feeds = {"x": np.random.default_rng(0).standard_normal((2, 4)).astype(np.float32)}
+    for c in (True, False):
+        assert_equivalent(before, model, {**feeds, "c": np.array(c)})
+        ort.InferenceSession(to_proto(model).SerializeToString(), providers=["CPUExecutionProvider"]).run(
+            None, {**feeds, "c": np.array(c)})
+
+
+# Found by tests/test_differential.py (seed 3014): before opset 17 a LayerNorm becomes the
+# canonical form ORT fuses; ORT's fusion takes a Cast before it in, and with a double (or
+# integer) source has no kernel: the session fails to load at ORT's default level.
+@pytest.mark.parametrize("source, folds", [("double", False), ("int64", False), ("float16", True)])
+def test_no_canonical_layernorm_after_a_cast_ort_cannot_fuse(source, folds):
+    model = parse(MXNET_LN.replace("g (float[batch,seq,4] x)", f"g ({source}[batch,seq,4] xin)").replace(
+        "mean = ReduceMean", "x = Cast <to = 1> (xin)\n    mean = ReduceMean") % {"opset": 13, "gamma": GAMMA})
+    before = copy(model)
+    result = RecomposeOpsPass()(model)
+    assert bool(result.modified) == folds
+    feeds = {"xin": (np.random.default_rng(0).standard_normal((2, 3, 4)) * 3).astype(source)}
+    assert_equivalent(before, model, feeds)
+    ort.InferenceSession(to_proto(model).SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
