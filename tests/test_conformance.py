@@ -4,9 +4,10 @@ The cases are `onnx.backend.test.case.node.collect_testcases()`: one tiny model 
 variant with inputs and expected outputs. A case counts when ONNX Runtime (CPU, graph
 optimizations off so that ORT's own rewrites cannot hide ours) reproduces the expected
 outputs on the original model; cases it gets wrong or cannot run are skipped with one
-shared reason, so the summary line counts them. For every counted case the model
-`graphopt.optimize(model, verify=False)` returns at the default level must give the
-expected outputs too, run twice: with ORT's optimizations off (a wrong rewrite of ours
+shared reason, so the summary line counts them. For every counted case,
+`graphopt.optimize(model)` with default arguments (verified on the inputs graphopt generates,
+graphopt/inputs.py) must not fail its own verification, and the model it returns must give
+the expected outputs on the case's data too, run twice: with ORT's optimizations off (a wrong rewrite of ours
 shows) and at ORT's default level, ORT_ENABLE_ALL, which users run (ORT's own shape
 inference and folding can reject what the unoptimized session accepted). At the default
 level a failure counts only if ORT gets the original right there too; ORT's own bugs at
@@ -131,13 +132,20 @@ def ort_gets_right(case, model: onnx.ModelProto | None = None, level=OFF) -> tup
     return why is None, f"{SKIP_ORT_WRONG}: {why}" if why else ""
 
 
-def optimized_breakage(case) -> str | None:
-    """None when the optimized model gives the expected outputs at both ORT levels, else why not."""
+def optimized_breakage(case, verdicts: dict | None = None) -> str | None:
+    """None when the optimized model gives the expected outputs at both ORT levels, else why not.
+
+    `verdicts[case.name]` receives graphopt's own verification status."""
     try:
-        result = graphopt.optimize(case.model, verify=False)
+        result = graphopt.optimize(case.model)  # default arguments: verified on generated inputs
         optimized = result.to_onnx()
     except Exception as e:  # noqa: BLE001 - reported as the case's breakage
         return f"optimize raised {type(e).__name__}: {e}"
+    verification = result.report.verification
+    if verdicts is not None:
+        verdicts[case.name] = verification.status
+    if verification.status == "failed":  # graphopt would refuse to write it (exit 1): broken
+        return f"verification failed: {verification.reason}"
     for level, level_name in LEVELS.items():
         ok, why = ort_gets_right(case, optimized, level)
         if ok:
@@ -176,7 +184,7 @@ if __name__ == "__main__":  # figures for the record: python tests/test_conforma
 
     start = time.perf_counter()
     tally: collections.Counter = collections.Counter()
-    broken = {}
+    broken, verdicts = {}, {}
     for name in _names():
         case = cases()[name]
         ok, why = ort_gets_right(case)
@@ -186,12 +194,16 @@ if __name__ == "__main__":  # figures for the record: python tests/test_conforma
         tally["ort_right"] += 1
         if not ort_gets_right(case, level=DEFAULT)[0]:
             tally["ort_default_wrong"] += 1  # ORT's own rewrites break the original: not held against us
-        breakage = optimized_breakage(case)
+        breakage = optimized_breakage(case, verdicts)
         if breakage:
             broken[name] = breakage
+    statuses = collections.Counter(verdicts.values())
     print(f"{len(cases())} cases: ORT right on {tally['ort_right']}, wrong on {tally['ort_wrong']}, "
           f"cannot run {tally['ort_fails']} (at ORT_ENABLE_ALL ORT fails on {tally['ort_default_wrong']} "
-          f"of those it gets right); broken by graphopt at either level: {len(broken)} "
-          f"({time.perf_counter() - start:.0f} s)")
+          f"of those it gets right); broken by graphopt at either level: {len(broken)}; graphopt's own "
+          f"verification: {dict(statuses)} ({time.perf_counter() - start:.0f} s)")
+    for name, status in sorted(verdicts.items()):
+        if status != "passed":
+            print(f"  not verified: {name}")
     for name, why in sorted(broken.items()):
         print(f"  {name}: {why}")

@@ -109,7 +109,9 @@ EXPORTS = sorted(p for p in ZOO.glob("*/*.onnx") if p.with_suffix(".npz").exists
 
 def _symbolic_dims(model: onnx.ModelProto) -> dict[str, list[int]]:
     inits = {i.name for i in model.graph.initializer}
-    return {i.name: [k for k, d in enumerate(i.type.tensor_type.shape.dim) if not d.HasField("dim_value")]
+    # `dim_value: -1` (Paddle) is a dynamic dim too, and comes out as one
+    return {i.name: [k for k, d in enumerate(i.type.tensor_type.shape.dim)
+                     if not d.HasField("dim_value") or d.dim_value < 0]
             for i in model.graph.input if i.name not in inits}
 
 
