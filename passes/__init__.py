@@ -10,14 +10,14 @@ __all__ = ["REGISTRY", "LEVELS", "DEFAULT_LEVEL", "OPTION_PASSES", "level_names"
 
 import importlib
 
-from graphopt.pipeline import PassOptions, PassSpec
+from graphopt.core.pipeline import PassOptions, PassSpec
 
 
 def _lazy(module: str, cls: str, **option_args):
-    """A factory that imports `passes.<module>` and builds `cls`, passing selected options."""
+    """A factory that imports `graphopt.passes.<module>` and builds `cls`, passing selected options."""
 
     def factory(options: PassOptions):
-        pass_class = getattr(importlib.import_module(f"passes.{module}"), cls)
+        pass_class = getattr(importlib.import_module(f"graphopt.passes.{module}"), cls)
         kwargs = {arg: getter(options) for arg, getter in option_args.items()}
         return pass_class(**kwargs)
 
@@ -26,33 +26,33 @@ def _lazy(module: str, cls: str, **option_args):
 
 _SPECS = [
     PassSpec("drop_initializer_inputs",
-             _lazy("initializer_inputs", "DropInitializerInputsPass",
+             _lazy("cleanup.drop_initializer_inputs", "DropInitializerInputsPass",
                    keep=lambda o: o.keep_initializer_inputs),
              "Remove initializers from the graph inputs (IR v3 exports) so ORT may fold and fuse them."),
-    PassSpec("keep_outputs", _lazy("dead_outputs", "KeepOutputsPass", outputs=lambda o: o.outputs),
+    PassSpec("keep_outputs", _lazy("cleanup.keep_outputs", "KeepOutputsPass", outputs=lambda o: o.outputs),
              "Keep only the graph outputs named by --outputs; what fed only the others becomes dead."),
-    PassSpec("eliminate_noops", _lazy("noops", "EliminateNoOpsPass"),
+    PassSpec("eliminate_noops", _lazy("cleanup.eliminate_noops", "EliminateNoOpsPass"),
              "Remove Identity, inference Dropout, same-type Cast, same-shape Reshape, identity Transpose, "
              "zero Pad, and Transpose/Reshape chains that cancel."),
     PassSpec("fold_constants",
-             _lazy("constant_folding", "FoldConstantsPass", size_limit_bytes=lambda o: o.fold_limit_bytes),
+             _lazy("cleanup.fold_constants", "FoldConstantsPass", size_limit_bytes=lambda o: o.fold_limit_bytes),
              "Evaluate nodes whose inputs are all constant, unless the result outgrows --fold-limit."),
-    PassSpec("fold_batchnorm", _lazy("fold_batchnorm", "FoldBatchNormPass"),
+    PassSpec("fold_batchnorm", _lazy("fusion.fold_batchnorm", "FoldBatchNormPass"),
              "Fold inference BatchNormalization into the Conv/ConvTranspose/Gemm/MatMul before it, "
              "or into a Conv after it."),
-    PassSpec("fold_affine", _lazy("fold_affine", "FoldAffineIntoWeightsPass"),
+    PassSpec("fold_affine", _lazy("fusion.fold_affine", "FoldAffineIntoWeightsPass"),
              "Fold Mul/Add by constants after Conv/ConvTranspose/Gemm/MatMul into weights and bias."),
-    PassSpec("dedupe_initializers", _lazy("dedupe", "DeduplicateInitializersPass"),
+    PassSpec("dedupe_initializers", _lazy("cleanup.dedupe_initializers", "DeduplicateInitializersPass"),
              "Merge initializers with the same dtype, shape and bytes."),
-    PassSpec("cse", _lazy("cse", "EliminateCommonSubexpressionsPass"),
+    PassSpec("cse", _lazy("cleanup.cse", "EliminateCommonSubexpressionsPass"),
              "Merge nodes with the same op, inputs and attributes."),
-    PassSpec("eliminate_dead_code", _lazy("dead_code", "EliminateDeadCodePass"),
+    PassSpec("eliminate_dead_code", _lazy("cleanup.eliminate_dead_code", "EliminateDeadCodePass"),
              "Remove nodes that reach no graph output, unused initializers, opsets and functions."),
-    PassSpec("infer_shapes", _lazy("shape_inference", "InferShapesPass"),
+    PassSpec("infer_shapes", _lazy("shape.infer_shapes", "InferShapesPass"),
              "Annotate values with onnx shape inference so later passes and ORT see shapes.",
              rewrites=False),
     PassSpec("fuse_parallel",
-             _lazy("fuse_parallel", "FuseParallelPass", provider=lambda o: o.extra.get("provider", "cpu"),
+             _lazy("fusion.fuse_parallel", "FuseParallelPass", provider=lambda o: o.extra.get("provider", "cpu"),
                    threads=lambda o: o.extra.get("threads"), measure=lambda o: o.extra.get("measure", True),
                    shapes=lambda o: o.inputs.shapes if o.inputs is not None else o.shapes,
                    feeds=lambda o: o.inputs.feeds() if o.inputs is not None else None,
@@ -63,31 +63,31 @@ _SPECS = [
 
 # Exporter clean-ups (issue 7).
 _SPECS += [
-    PassSpec("training_leftovers", _lazy("training_leftovers", "TrainingLeftoversPass", inference=lambda o: o.inference),
+    PassSpec("training_leftovers", _lazy("cleanup.training_leftovers", "TrainingLeftoversPass", inference=lambda o: o.inference),
              "Report Dropout in training mode and BatchNormalization(training_mode=1); with --inference, "
              "convert them to inference form (outputs change)."),
-    PassSpec("lift_constants", _lazy("lift_constants", "LiftConstantsPass"),
+    PassSpec("lift_constants", _lazy("cleanup.lift_constants", "LiftConstantsPass"),
              "Turn Constant nodes (Paddle and TorchScript weights) into initializers, in bodies too."),
-    PassSpec("fold_shapes", _lazy("fold_shapes", "FoldShapesPass"),
+    PassSpec("fold_shapes", _lazy("shape.fold_shapes", "FoldShapesPass"),
              "Fold Shape/Size arithmetic of static dims; give Reshape constant shapes (0 copies a symbolic "
              "dim, -1 infers one): symbolic dims stay symbolic."),
-    PassSpec("unflatten_matmul", _lazy("unflatten_matmul", "UnflattenMatMulPass"),
+    PassSpec("unflatten_matmul", _lazy("shape.unflatten_matmul", "UnflattenMatMulPass"),
              "Turn Reshape/Flatten -> MatMul/Gemm -> Reshape (tf2onnx Tensordot, MXNet Dense) into one "
              "MatMul over the leading dims, so ORT can fuse what follows."),
-    PassSpec("recompose_ops", _lazy("recompose_ops", "RecomposeOpsPass"),
+    PassSpec("recompose_ops", _lazy("fusion.recompose_ops", "RecomposeOpsPass"),
              "Re-compose decomposed LayerNorm, Gelu, HardSigmoid/HardSwish, Softplus, Mish into the ONNX op "
              "(or, before the op's opset, the form ORT fuses).",
              needs_ops=frozenset({"Sqrt", "Erf", "Log", "Tanh", "Clip", "HardSigmoid"})),  # see recompose_ops.TRIGGERS
-    PassSpec("sink_transposes", _lazy("sink_transposes", "SinkTransposesPass"),
+    PassSpec("sink_transposes", _lazy("shape.sink_transposes", "SinkTransposesPass"),
              "Cancel Transpose pairs through element-wise/reduce/Pad/Concat/Resize chains; collapse "
              "Reshape-Transpose-Reshape (MXNet batch_dot) into one Transpose."),
-    PassSpec("fuse_pad", _lazy("fuse_pad", "FusePadPass"),
+    PassSpec("fuse_pad", _lazy("fusion.fuse_pad", "FusePadPass"),
              "Fold an explicit Pad into the Conv/AveragePool/MaxPool after it (tf2onnx SAME padding, "
              "ZeroPadding2D), opset 11+; MaxPool only where the padding cannot change the max.",
              needs_ops=frozenset({"Pad"})),
-    PassSpec("set_input_shapes", _lazy("input_shapes", "SetInputShapesPass", shapes=lambda o: o.shapes),
+    PassSpec("set_input_shapes", _lazy("shape.set_input_shapes", "SetInputShapesPass", shapes=lambda o: o.shapes),
              "Fix the input dims given with --shape in the model (runs first whenever --shape is given)."),
-    PassSpec("upgrade_opset", _lazy("upgrade_opset", "UpgradeOpsetPass", target=lambda o: o.target_opset),
+    PassSpec("upgrade_opset", _lazy("cleanup.upgrade_opset", "UpgradeOpsetPass", target=lambda o: o.target_opset),
              "Convert to the default-domain opset given with --target-opset (onnx version converter); "
              "names the ops that block it."),
 ]
@@ -133,7 +133,7 @@ LEVELS = {level: _placed(names) for level, names in LEVELS.items()}
 
 
 def level_names(level: int) -> list[str]:
-    from graphopt.errors import UsageError
+    from graphopt.core.errors import UsageError
 
     if level not in LEVELS:
         raise UsageError(f"--level {level}: choose one of {', '.join(map(str, sorted(LEVELS)))}")

@@ -2,7 +2,7 @@
 
 Each test runs the installed console script in a subprocess (see conftest.run_cli), except
 where a deliberately wrong pass has to be registered first: then a two-line wrapper calls
-the same entry point, `graphopt.cli.main`, in a subprocess.
+the same entry point, `graphopt.app.cli.main`, in a subprocess.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import onnxruntime as ort
 import pytest
 
 import graphopt
-from graphopt.pipeline import PassSpec
+from graphopt.core.pipeline import PassSpec
 from tests.conftest import (DIGITS, assert_one_line_error, control_flow_model, conv_bn_model, custom_op_model,
                             files_in, run_cli, two_output_model)
 
@@ -336,16 +336,16 @@ WRONG_PASS = PassSpec("break_first_weight", lambda options: BreakFirstWeightPass
 _WRAPPER = textwrap.dedent("""
     import sys
     sys.path.insert(0, {tests_parent!r})
-    import passes
+    import graphopt.passes as passes
     from tests.test_cli import WRONG_PASS
     passes.REGISTRY[WRONG_PASS.name] = WRONG_PASS
-    from graphopt.cli import main
+    from graphopt.app.cli import main
     main(sys.argv[1:])
 """)
 
 
 def test_wrong_pass_fails_verification_in_the_api(monkeypatch):
-    import passes
+    import graphopt.passes as passes
 
     monkeypatch.setitem(passes.REGISTRY, WRONG_PASS.name, WRONG_PASS)
     result = graphopt.optimize(DIGITS, passes=["break_first_weight"])

@@ -6,7 +6,7 @@ optimizations off so that ORT's own rewrites cannot hide ours) reproduces the ex
 outputs on the original model; cases it gets wrong or cannot run are skipped with one
 shared reason, so the summary line counts them. For every counted case,
 `graphopt.optimize(model)` with default arguments (verified on the inputs graphopt generates,
-graphopt/inputs.py) must not fail its own verification, and the model it returns must give
+graphopt/core/inputs.py) must not fail its own verification, and the model it returns must give
 the expected outputs on the case's data too, run twice: with ORT's optimizations off (a wrong rewrite of ours
 shows) and at ORT's default level, ORT_ENABLE_ALL, which users run (ORT's own shape
 inference and folding can reject what the unoptimized session accepted). At the default

@@ -16,8 +16,8 @@ import onnxruntime as ort
 import pytest
 
 import graphopt
-from graphopt import io
-from graphopt.errors import InputError, UsageError
+from graphopt.core import io
+from graphopt.core.errors import InputError, UsageError
 from tests.conftest import (DIGITS, assert_one_line_error, conv_bn_model, files_in, run_cli,
                             save_with_external_data)
 

@@ -13,12 +13,12 @@ import onnx
 import onnx_ir as ir
 import pytest
 
-import passes.quantize_speed as qs
-from graphopt.accuracy import snr_db
-from graphopt.bench import resolve_provider
-from graphopt.kernel_times import kernel_times, node_kernel_times
-from passes.quantize_speed import SpeedPlacement, place_for_speed
-from passes.quantize_stage import LossyOptions, run_lossy
+import graphopt.stages.placement as qs
+from graphopt.core.accuracy import snr_db
+from graphopt.core.bench import resolve_provider
+from graphopt.core.kernel_times import kernel_times, node_kernel_times
+from graphopt.stages.placement import SpeedPlacement, place_for_speed
+from graphopt.stages.quantize import LossyOptions, run_lossy
 from tests import util
 
 RNG = np.random.default_rng(0)
@@ -227,8 +227,8 @@ def test_no_measure_quantizes_every_layer(monkeypatch):
 
 
 def test_real_measurement_keeps_only_candidates_and_reports_evidence():
-    from graphopt.calibrate import Dataset
-    from passes.quantize_builders import Int8Builder
+    from graphopt.core.calibrate import Dataset
+    from graphopt.stages.quantize_builders import Int8Builder
 
     model = _named(conv_chain())
     options = LossyOptions("int8", calibration=calibration(), measure=False, threads=1)

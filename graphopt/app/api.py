@@ -17,12 +17,12 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from graphopt import io
-from graphopt.errors import UsageError
-from graphopt.analysis import analyze
-from graphopt.pipeline import PassOptions, Pipeline, select
-from graphopt.report import Report
-from graphopt.verify import (
+from graphopt.core import io
+from graphopt.core.errors import UsageError
+from graphopt.core.analysis import analyze
+from graphopt.core.pipeline import PassOptions, Pipeline, select
+from graphopt.core.report import Report
+from graphopt.core.verify import (
     RTOL, ATOL, VerifyResult, check as verify_check, load_npz, plan_inputs, reference as verify_reference,
 )
 
@@ -152,15 +152,15 @@ def optimize(
     (fusion) or quantizes every layer it can (int8) instead; with `bench`, the
     original and optimized models are timed side by side on that target and the ratios go
     to `result.report.sections["bench"]`.
-    Compression runs before quantization, on the same data and budget (passes/compress_stage.py):
+    Compression runs before quantization, on the same data and budget (graphopt/stages/compress.py):
     `sparsity` (magnitude pruning, `sparsity_scope` "layer" or "global"; with `structured`,
     that share of channels is removed, by `prune_criterion` "l1", "l2" or "bn", kept counts
     rounded to `channel_multiple`), `sparsity_pattern` ("2:4"), `low_rank` (energy 0.95, or
     "rank:0.25"); zeroed weights are saved as sparse_initializer (`sparse_format` "ort" or
     "onnx"); figures in `result.report.sections["compression"]`.
     """
-    from passes import DEFAULT_LEVEL, OPTION_PASSES, REGISTRY, level_names  # the one place the engine meets the passes
-    from graphopt.bench import resolve_provider
+    from graphopt.passes import DEFAULT_LEVEL, OPTION_PASSES, REGISTRY, level_names  # the one place the engine meets the passes
+    from graphopt.core.bench import resolve_provider
 
     resolve_provider(provider)  # an unknown or uninstalled provider fails before any work
     _check_values(rtol=rtol, atol=atol, fold_limit_mb=fold_limit_mb, threads=threads, shapes=shapes,
@@ -210,7 +210,7 @@ def optimize(
     if inference and verify:
         # --inference changes outputs on purpose: compare with the original converted the same way.
         baseline = io.load(model)
-        quiet = logging.getLogger("passes.training_leftovers")  # the pipeline has already warned
+        quiet = logging.getLogger("graphopt.passes.cleanup.training_leftovers")  # the pipeline has already warned
         level = quiet.level
         quiet.setLevel(logging.ERROR)
         try:
@@ -248,7 +248,7 @@ def optimize(
     if compress and verification is not None and verification.status == "failed":
         warnings.append("compression skipped: the lossless result failed verification")
     elif compress:
-        from passes.compress_stage import CompressOptions, run_compress, saved_bytes
+        from graphopt.stages.compress import CompressOptions, run_compress, saved_bytes
 
         compressed = run_compress(working, CompressOptions(
             sparsity=sparsity, structured=structured, sparsity_pattern=sparsity_pattern, low_rank=low_rank,
@@ -321,7 +321,7 @@ def _collapse_warning(compress_section: dict | None, lossy_section: dict | None,
 
 def _check_values(*, rtol, atol, fold_limit_mb, threads, shapes, calibration_samples) -> None:
     """Bad numbers are usage errors before any work (not a crash, not a verification failure)."""
-    from graphopt.limits import MAX_DIM, check_number, check_threads
+    from graphopt.core.limits import MAX_DIM, check_number, check_threads
 
     check_number("--rtol", rtol)
     check_number("--atol", atol)
@@ -339,8 +339,8 @@ def _check_values(*, rtol, atol, fold_limit_mb, threads, shapes, calibration_sam
 def _bench_section(original, optimized: ir.Model, provider: str, threads: int | None, feeds: dict,
                    runs: int) -> dict:
     """Original vs optimized, interleaved in one process: ratios (optimized / original) and figures."""
-    from graphopt.bench import bench
-    from graphopt.machine import describe_cpu
+    from graphopt.core.bench import bench
+    from graphopt.core.machine import describe_cpu
 
     result = bench([original, optimized], provider=provider, threads=threads, inputs=feeds,
                     runs=runs, warmup=3, init_repeats=2, names=["original", "optimized"])
@@ -389,7 +389,7 @@ def _training_warnings(stats, inference: bool) -> list[str]:
 def _lossy_stage(working: ir.Model, after: dict, file_after: int | None, verification, warnings: list[str], progress,
                  **settings):
     """Quantize or convert to fp16 after the lossless pipeline; returns (model, after, file bytes, section)."""
-    from passes.quantize_stage import LossyOptions, run_lossy
+    from graphopt.stages.quantize import LossyOptions, run_lossy
 
     if verification is not None and verification.status == "failed":
         warnings.append(f"--quantize {settings['mode']} skipped: the lossless result failed verification")

@@ -6,7 +6,7 @@
     sys.exit(result.exit_code)
 
 Per model the status is one of: `built`; `up-to-date` (nothing changed since the manifest
-recorded it, see graphopt.manifest); `failed` (verification or accuracy budget: the output is
+recorded it, see graphopt.app.manifest); `failed` (verification or accuracy budget: the output is
 not written unless the model sets `force = true`); `error` (the model could not be
 optimized: unreadable file, a pass failed); `stale` (`check=True`: would be rebuilt);
 `skipped` (`fail_fast=True` after a failure). One model's failure never stops the others
@@ -31,19 +31,19 @@ import pathlib
 import time
 from typing import TYPE_CHECKING, Protocol
 
-from graphopt.errors import UsageError
+from graphopt.core.errors import UsageError
 
 if TYPE_CHECKING:
-    from graphopt.runner import ModelResult
-    from graphopt.targets import Target
+    from graphopt.app.runner import ModelResult
+    from graphopt.app.targets import Target
 
-# `import graphopt` imports this module (graphopt.build is the function below), so what only a
+# `import graphopt` imports this module (graphopt.app.build is the function below), so what only a
 # build needs (multiprocessing, config parsing, hashing: 70 ms) is imported by build().
 
 
 def __getattr__(name: str):
     if name == "ModelResult":  # part of this module's interface
-        from graphopt.runner import ModelResult
+        from graphopt.app.runner import ModelResult
 
         return ModelResult
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -86,7 +86,7 @@ class BuildResult:
                 "models": [m.to_dict() for m in self.models]}
 
     def to_json(self) -> str:
-        from graphopt.report import _jsonable
+        from graphopt.core.report import _jsonable
 
         return json.dumps(self.to_dict(), indent=2, default=_jsonable)
 
@@ -105,9 +105,9 @@ def build(config=None, *, only=None, jobs: int = 1, check: bool = False, force: 
     the file; `force` rebuilds outputs that are up to date; `check` writes nothing and reports
     stale outputs; `base_dir` anchors a dict config's relative paths (default: the working directory).
     """
-    from graphopt.manifest import Hasher, Manifest, fingerprint, make_entry, stale_reasons
-    from graphopt.runner import Job, run_all
-    from graphopt.targets import load_config
+    from graphopt.app.manifest import Hasher, Manifest, fingerprint, make_entry, stale_reasons
+    from graphopt.app.runner import Job, run_all
+    from graphopt.app.targets import load_config
 
     start = time.perf_counter()
     if jobs < 0:
@@ -163,6 +163,6 @@ def _label(path: pathlib.Path) -> str:
 
 
 def _result(t: Target, status: str, **fields) -> ModelResult:
-    from graphopt.runner import ModelResult
+    from graphopt.app.runner import ModelResult
 
     return ModelResult(t.name, _label(t.source), _label(t.output), status, **fields)

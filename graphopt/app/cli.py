@@ -15,14 +15,14 @@ import sys
 import threading
 from typing import Optional
 
-from graphopt.startup import defer_sympy
+from graphopt.app.startup import defer_sympy
 
 defer_sympy()  # before anything imports onnx-ir
 
 import typer  # noqa: E402
 from rich.console import Console  # noqa: E402
 
-from graphopt.errors import GraphoptError, UsageError, first_line  # noqa: E402
+from graphopt.core.errors import GraphoptError, UsageError, first_line  # noqa: E402
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
                   help="Optimize ONNX models, verified in ONNX Runtime.")
@@ -37,7 +37,7 @@ def _csv(text: str | None) -> list[str] | None:
 
 
 def _shapes(values: list[str] | None) -> dict[str, list[int]]:
-    from graphopt.verify import parse_shape
+    from graphopt.core.verify import parse_shape
 
     return dict(parse_shape(v) for v in values or [])
 
@@ -136,9 +136,9 @@ def optimize(
     report_file: Optional[pathlib.Path] = typer.Option(None, "--report", help="Also write the report (.json or .md)."),
 ) -> None:
     """Optimize MODEL, verify it against the original and write the result."""
-    from graphopt.api import optimize as run_optimize
-    from graphopt.io import check_output_path
-    from graphopt.report import render, to_markdown
+    from graphopt.app.api import optimize as run_optimize
+    from graphopt.core.io import check_output_path
+    from graphopt.core.report import render, to_markdown
 
     out_path = output or _default_output(model)
     if model.exists() and out_path.resolve() == model.resolve():
@@ -208,8 +208,8 @@ def inspect(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Opsets, producer, op histogram, parameters, FLOPs, inputs/outputs, subgraphs."""
-    from graphopt.api import inspect as run_inspect
-    from graphopt.report import render_inspect
+    from graphopt.app.api import inspect as run_inspect
+    from graphopt.core.report import render_inspect
 
     info = run_inspect(model)
     if json_out:
@@ -229,9 +229,9 @@ def verify(
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
     """Run ORIGINAL and OPTIMIZED in ONNX Runtime on the same inputs and compare every output."""
-    from graphopt import io
-    from graphopt.report import _render_verification
-    from graphopt.verify import load_npz, verify as run_verify
+    from graphopt.core import io
+    from graphopt.core.report import _render_verification
+    from graphopt.core.verify import load_npz, verify as run_verify
 
     for path in (original, optimized):
         io.load(path)  # clear one-line errors for missing or broken files
@@ -268,9 +268,9 @@ def bench_command(
     report_file: Optional[pathlib.Path] = typer.Option(None, "--report", help="Also write FILE.html, .md or .json."),
 ) -> None:
     """Latency, throughput, session start-up and memory of MODELs in ONNX Runtime, run interleaved."""
-    from graphopt.bench import bench
-    from graphopt.bench_render import render
-    from graphopt.bench_render import write_bench_report
+    from graphopt.core.bench import bench
+    from graphopt.app.rendering.bench import render
+    from graphopt.app.rendering.bench import write_bench_report
 
     with _progress("bench", enabled=not json_out) as progress:
         result = bench(models, provider=provider, threads=threads, batch=batch, shapes=_shapes(shape), inputs=inputs,
@@ -300,9 +300,9 @@ def compare_command(
     report_file: Optional[pathlib.Path] = typer.Option(None, "--report", help="Also write FILE.html, .md or .json."),
 ) -> None:
     """Compare exports of one network: ops, params, FLOPs, leftovers, outputs, latency; before and after optimize."""
-    from graphopt.compare import compare
-    from graphopt.compare_render import render, write_report
-    from graphopt.plots import plots_available
+    from graphopt.app.compare import compare
+    from graphopt.app.rendering.compare import render, write_report
+    from graphopt.app.rendering.plots import plots_available
 
     with _progress("compare", enabled=not json_out) as progress:
         result = compare(models, level=level, optimize=optimize, provider=provider, threads=threads,
@@ -354,7 +354,7 @@ def list_passes() -> None:
     """What each pass does, and which levels run it."""
     from rich.table import Table
 
-    from passes import LEVELS, REGISTRY
+    from graphopt.passes import LEVELS, REGISTRY
 
     table = Table(title="graphopt passes", title_justify="left")
     table.add_column("pass")
@@ -383,8 +383,8 @@ def build(
     """Optimize every model in graphopt.toml whose source, settings or graphopt version changed."""
     import contextlib
 
-    from graphopt.build import build as run_build
-    from graphopt.buildview import LiveProgress, render_build, write_report
+    from graphopt.app.build import build as run_build
+    from graphopt.app.rendering.build import LiveProgress, render_build, write_report
 
     live = LiveProgress(_err) if not quiet and _out.is_terminal and _err.is_terminal else None
     with live or contextlib.nullcontext():  # errors: main() prints the line (and the JSON object)
@@ -463,7 +463,7 @@ _first_line = first_line
 
 def _print_json(data: dict, error: str | None, code: int) -> None:
     """One JSON object on stdout; a failure adds `error` and `exit_code` (what --json failures always carry)."""
-    from graphopt.report import _jsonable
+    from graphopt.core.report import _jsonable
 
     if error:
         data = {**data, "error": error, "exit_code": code}

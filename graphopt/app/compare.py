@@ -4,7 +4,7 @@ For each model: producer, IR version and opsets, node count and op histogram, pa
 FLOPs, file size, and the patterns the exporter left behind (`leftovers`). Outputs are
 compared with the first model's on the same inputs where the input signatures match (an NHWC
 export gets the same data transposed when that is the only difference); latency comes from one
-interleaved benchmark (graphopt.bench) of every model, exported and optimized, so all ratios
+interleaved benchmark (graphopt.core.bench) of every model, exported and optimized, so all ratios
 are to the first export in the same process. Then each model goes through
 `graphopt.optimize` and the same figures are shown after, with how far optimization brought
 the exports together (node-count spread, op-histogram distance, latency spread).
@@ -29,9 +29,9 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import onnx_ir as ir
 
-from graphopt import io
-from graphopt.analysis import analyze
-from graphopt.errors import UsageError
+from graphopt.core import io
+from graphopt.core.analysis import analyze
+from graphopt.core.errors import UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -260,9 +260,9 @@ def compare(
     progress: Callable[[str, int, int], None] | None = None,
 ) -> CompareResult:
     """Compare exports (paths) of one network; `optimize` adds the same after graphopt.optimize."""
-    from graphopt.api import optimize as run_optimize
-    from graphopt.bench import bench, display_names, resolve_provider, sample_data_for
-    from graphopt.verify import _session, load_npz, run_model, runnable_inputs
+    from graphopt.app.api import optimize as run_optimize
+    from graphopt.core.bench import bench, display_names, resolve_provider, sample_data_for
+    from graphopt.core.verify import _session, load_npz, run_model, runnable_inputs
 
     if len(models) < 2:
         raise UsageError("compare needs two or more models")

@@ -14,7 +14,7 @@ A setting is a keyword argument of `graphopt.optimize`, spelled like the long op
 optimize()'s signature and to the CLI. Precedence: optimize()'s defaults < [defaults] <
 [models.NAME] < `graphopt build --set KEY=VALUE`. Every mistake is a `ConfigError`: one
 line with the file, the line number where it can be found, the table, the key and what
-was expected. Turning the checked tables into build targets is `graphopt.targets`.
+was expected. Turning the checked tables into build targets is `graphopt.app.targets`.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-from graphopt.errors import UsageError
+from graphopt.core.errors import UsageError
 
 
 class ConfigError(UsageError):
@@ -107,7 +107,7 @@ _KIND_NAMES = {"bool": "true or false", "verify": 'true, false or "optional"', "
 @functools.cache
 def optimize_params() -> dict[str, inspect.Parameter]:
     """optimize()'s keyword parameters (not the model, not the progress callback)."""
-    from graphopt.api import optimize
+    from graphopt.app.api import optimize
 
     return {n: p for n, p in inspect.signature(optimize).parameters.items() if n not in ("model", "progress")}
 

@@ -20,7 +20,7 @@ import logging
 import os
 import pathlib
 
-from graphopt.errors import InputError
+from graphopt.core.errors import InputError
 
 logger = logging.getLogger(__name__)
 

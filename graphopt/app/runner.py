@@ -19,7 +19,7 @@ import queue as queue_module
 import time
 import traceback
 
-from graphopt.errors import BudgetError, GraphoptError, VerificationError
+from graphopt.core.errors import BudgetError, GraphoptError, VerificationError
 
 OK_STATUSES = ("built", "up-to-date", "unverified")
 
@@ -120,7 +120,7 @@ def _context():
     fork from a server that imported graphopt once, instead of each paying the import (seconds)."""
     if "forkserver" in multiprocessing.get_all_start_methods():
         ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["graphopt.api", "graphopt.build"])
+        ctx.set_forkserver_preload(["graphopt.app.api", "graphopt.app.build"])
         return ctx
     return multiprocessing.get_context("spawn")
 
@@ -140,7 +140,7 @@ def _run_job_in_worker(job: Job) -> ModelResult:
 
 def run_job(job: Job, step=None) -> ModelResult:
     """Optimize one model and write its output; every failure becomes the result's status."""
-    from graphopt.api import optimize
+    from graphopt.app.api import optimize
 
     start = time.perf_counter()
     res = ModelResult(job.name, job.source, job.output, "error", reason=job.reason)

@@ -28,7 +28,7 @@ import pathlib
 import re
 import string
 
-from graphopt.config import (MODEL_KEYS, ConfigError, Doc, check_keys, convert, find_config, got, optimize_params,
+from graphopt.app.config import (MODEL_KEYS, ConfigError, Doc, check_keys, convert, find_config, got, optimize_params,
                              parse_overrides, read_config, settings_table, suggest)
 
 
@@ -215,7 +215,7 @@ def _jsonable(value):
 
 def _check_passes(values: dict) -> list[str]:
     """Level and pass names, checked now rather than when the model's turn comes; the pipeline."""
-    from passes import DEFAULT_LEVEL, LEVELS, REGISTRY  # as graphopt.api: the build assembles pipelines
+    from graphopt.passes import DEFAULT_LEVEL, LEVELS, REGISTRY  # as graphopt.app.api: the build assembles pipelines
 
     level = values["level"][0] if "level" in values else None
     if level is not None and level not in LEVELS:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from graphopt.bench import create_session, paired_ratio, session_options, time_interleaved
+from graphopt.core.bench import create_session, paired_ratio, session_options, time_interleaved
 
 
 def same_outputs(a: list, b: list) -> bool:

@@ -37,8 +37,8 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from graphopt.calibrate import Dataset, batch_size_for, input_specs
-from graphopt.errors import BudgetError, InputError, UsageError
+from graphopt.core.calibrate import Dataset, batch_size_for, input_specs
+from graphopt.core.errors import BudgetError, InputError, UsageError
 
 logger = logging.getLogger(__name__)
 

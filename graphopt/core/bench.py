@@ -64,8 +64,8 @@ import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 
-from graphopt.errors import GraphoptError, InputError, UsageError, first_line
-from graphopt.machine import environment
+from graphopt.core.errors import GraphoptError, InputError, UsageError, first_line
+from graphopt.core.machine import environment
 
 logger = logging.getLogger(__name__)
 
@@ -245,7 +245,7 @@ class BenchResult:
 
 def _stage(model, workdir: pathlib.Path, index: int) -> tuple[str, str, int, int]:
     """(name, path ORT loads, bytes on disk, node count) for a path, ModelProto or ir.Model."""
-    from graphopt import io
+    from graphopt.core import io
 
     if isinstance(model, (str, os.PathLike)):
         path = pathlib.Path(model)
@@ -281,9 +281,9 @@ def sample_data_for(path: str | os.PathLike) -> pathlib.Path | None:
 def _feeds(path: str, session: ort.InferenceSession, shapes: dict[str, list[int]], batch: int | None,
            data: dict[str, np.ndarray] | None, warnings: list[str], where: str) -> dict[str, np.ndarray]:
     """The given data (resized to `batch`), else the input model's inputs that the session runs."""
-    from graphopt.input_dims import DimRole
-    from graphopt.input_search import first_runnable
-    from graphopt.verify import plan_inputs
+    from graphopt.core.input_dims import DimRole
+    from graphopt.core.input_search import first_runnable
+    from graphopt.core.verify import plan_inputs
 
     names = {a.name for a in session.get_inputs()}
     if data is not None:
@@ -315,7 +315,7 @@ def _feeds(path: str, session: ort.InferenceSession, shapes: dict[str, list[int]
 
 
 def _shapes_of(feeds: dict) -> dict[str, list[int]]:
-    from graphopt.verify import shapes_of
+    from graphopt.core.verify import shapes_of
 
     return shapes_of(feeds)
 
@@ -495,8 +495,8 @@ def bench(
     declared shapes (`shapes` and `batch` fill dynamic dims; other dynamic dims become 1 and
     the result warns). `progress(stage, done, total)` is called as work advances.
     """
-    from graphopt.limits import check_threads
-    from graphopt.verify import load_npz
+    from graphopt.core.limits import check_threads
+    from graphopt.core.verify import load_npz
 
     if not models:
         raise UsageError("bench needs at least one model")

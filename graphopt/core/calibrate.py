@@ -15,7 +15,7 @@ Data sources (`load_data`):
    one, the model's input shape decides size, layout and channels, and pixels are scaled to
    [0, 1]. `labels.txt`/`labels.npy` as in 2.
 4. `"random"` or `"random:N"`: N synthetic samples drawn by the input model
-   (graphopt.inputs: realistic sizes, integers within what the model accepts). Calibrating on
+   (graphopt.core.inputs: realistic sizes, integers within what the model accepts). Calibrating on
    noise gives ranges that say nothing about real inputs; the dataset carries a warning the
    report shows.
 5. A `dict` of arrays, or a `Dataset`.
@@ -26,7 +26,7 @@ arrays hold the same number of samples, and float data holds no NaN or infinity 
 scores from them are garbage). A mismatch is an `InputError` naming the file, the input, and
 what was expected.
 
-Activation ranges are measured in `graphopt.ranges`; images are read by `graphopt.images`.
+Activation ranges are measured in `graphopt.core.ranges`; images are read by `graphopt.core.images`.
 """
 
 from __future__ import annotations
@@ -51,10 +51,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx_ir as ir
 
-from graphopt.errors import InputError, UsageError, first_line
+from graphopt.core.errors import InputError, UsageError, first_line
 
 if TYPE_CHECKING:
-    from graphopt.images import Preprocess
+    from graphopt.core.images import Preprocess
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ class InputSpec:
 
 def input_specs(model: ir.Model) -> list[InputSpec]:
     """The model's real inputs (initializers listed as inputs excluded)."""
-    from graphopt.inputs import sample_axes, signatures
+    from graphopt.core.inputs import sample_axes, signatures
 
     sigs = signatures(model)
     axes = sample_axes(sigs)
@@ -167,10 +167,10 @@ def load_data(source, model: ir.Model | Sequence[InputSpec], *, purpose: str = "
               shapes: Mapping[str, Sequence[int]] | None = None, seed: int = 0, inputs=None) -> Dataset:
     """A checked `Dataset` for the model's inputs from any supported source (see module doc).
 
-    `inputs` (a graphopt.inputs.InputModel) draws random data; else one is made from `model`."""
+    `inputs` (a graphopt.core.inputs.InputModel) draws random data; else one is made from `model`."""
     specs = input_specs(model) if isinstance(model, ir.Model) else list(model)
     if isinstance(preprocess, str):
-        from graphopt.images import Preprocess  # images import this module
+        from graphopt.core.images import Preprocess  # images import this module
 
         preprocess = Preprocess.parse(preprocess)
     if isinstance(source, Dataset):
@@ -259,7 +259,7 @@ def _from_folder(folder: pathlib.Path, specs: Sequence[InputSpec], preprocess: "
                              f"{', '.join(s.name for s in specs)}: use one sub-folder per input name or .npz files")
         arrays = {specs[0].name: np.concatenate([_as_batch(_read_npy(p), specs, specs[0].name, p) for p in files])}
         return Dataset(arrays, labels, str(folder))
-    from graphopt.images import IMAGE_SUFFIXES, from_images
+    from graphopt.core.images import IMAGE_SUFFIXES, from_images
 
     if files and kinds <= IMAGE_SUFFIXES:
         return from_images(folder, files, specs, preprocess, labels)
@@ -296,7 +296,7 @@ def _as_batch(array: np.ndarray, specs: Sequence[InputSpec], name: str, path: pa
 def _random(model, specs: Sequence[InputSpec], count: int, shapes: Mapping[str, Sequence[int]], seed: int,
             purpose: str, inputs=None) -> Dataset:
     """`count` noise samples drawn by the input model (realistic sizes and integer values)."""
-    from graphopt.inputs import input_model
+    from graphopt.core.inputs import input_model
 
     if inputs is None:
         inputs = input_model(model if isinstance(model, ir.Model) else _interface(specs), shapes=shapes)

@@ -17,8 +17,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from graphopt.calibrate import Dataset, InputSpec
-from graphopt.errors import InputError, UsageError, first_line
+from graphopt.core.calibrate import Dataset, InputSpec
+from graphopt.core.errors import InputError, UsageError, first_line
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".ppm", ".pgm", ".tif", ".tiff"}
 

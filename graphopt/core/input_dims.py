@@ -31,7 +31,7 @@ import re
 import numpy as np
 import onnx_ir as ir
 
-from graphopt.patterns import attr_ints, is_default_domain
+from graphopt.core.patterns import attr_ints, is_default_domain
 
 
 class DimRole(str, enum.Enum):

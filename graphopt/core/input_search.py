@@ -16,9 +16,9 @@ import logging
 import time
 from collections.abc import Callable
 
-from graphopt.errors import InputError, ort_message
-from graphopt.input_dims import DimRole, alternatives
-from graphopt.inputs import InputModel
+from graphopt.core.errors import InputError, ort_message
+from graphopt.core.input_dims import DimRole, alternatives
+from graphopt.core.inputs import InputModel
 
 logger = logging.getLogger(__name__)
 

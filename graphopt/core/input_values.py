@@ -29,7 +29,7 @@ import dataclasses
 import numpy as np
 import onnx_ir as ir
 
-from graphopt.patterns import attr_int, constant_array, is_default_domain, static_shape
+from graphopt.core.patterns import attr_int, constant_array, is_default_domain, static_shape
 
 DEFAULT_HIGH = 4
 

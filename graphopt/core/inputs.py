@@ -8,14 +8,14 @@ Shapes. A dynamic dim (a symbol, an unnamed dim, or `-1` as Paddle writes it) ta
 1. `--shape NAME=DIMS`;
 2. the shape of given data (`--inputs`, or one sample of `--calibration`/`--eval`); a symbol
    fixed by one input is fixed on every input that names it;
-3. a size that exercises the model (`graphopt.input_dims`): batch 1, 128 tokens, 224
+3. a size that exercises the model (`graphopt.core.input_dims`): batch 1, 128 tokens, 224
    pixels (640 for detectors) rounded to the model's stride, one new token after a
    128-token past for decoders with a key/value cache, `a + b` dims evaluated.
-Values: floats are standard normal; integers and booleans follow `graphopt.input_values`
+Values: floats are standard normal; integers and booleans follow `graphopt.core.input_values`
 (indices within their tables, `Equal` constants, small positive sizes, masks, positions).
 Sequence inputs get two tensors, optional inputs a tensor.
 
-When ONNX Runtime cannot run the model on these inputs, `graphopt.input_search` tries others.
+When ONNX Runtime cannot run the model on these inputs, `graphopt.core.input_search` tries others.
 Declared dims so large that the inputs could not fit in memory are refused up front.
 """
 
@@ -30,11 +30,11 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import onnx_ir as ir
 
-from graphopt.errors import InputError, UsageError
-from graphopt.input_dims import (
+from graphopt.core.errors import InputError, UsageError
+from graphopt.core.input_dims import (
     ROLE_SIZES, DimRole, classify, evaluate_expression, spatial_size,
 )
-from graphopt.input_values import ValueRule, value_rules
+from graphopt.core.input_values import ValueRule, value_rules
 
 logger = logging.getLogger(__name__)
 

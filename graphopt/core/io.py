@@ -2,7 +2,7 @@
 
 Models load lazily through onnx-ir (external tensors are memory-mapped, so a model over
 2 GB costs almost nothing to open). Saving writes into a private directory beside the
-target and then renames into place (`graphopt.atomic`: a model and its data file are replaced
+target and then renames into place (`graphopt.core.atomic`: a model and its data file are replaced
 as one), so a crash or a kill never leaves a half-written output or a model paired with
 the wrong data, and the input file (or its external data) is never the target.
 """
@@ -25,8 +25,8 @@ import onnx
 import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
-from graphopt import atomic, protowrite, sparse, validate
-from graphopt.errors import InputError, UsageError
+from graphopt.core import atomic, protowrite, sparse, validate
+from graphopt.core.errors import InputError, UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def _forget_dropped_io(model: ir.Model) -> ir.Model:
     `ir.Graph.inputs` counts references per value in a Counter that keeps zero counts, so
     a value that was once a graph input stays referenced for the model's life. Shape
     inference lists every initializer as an input for a moment (onnx-ir's
-    ShapeInferencePass, `graphopt.shapes`), so every original weight, with the memory map
+    ShapeInferencePass, `graphopt.passes.shape._shapes`), so every original weight, with the memory map
     it was read through, outlived its replacement by a folded weight: 2 GB resident for a
     2.4 GB model. Values are forgotten at zero instead.
     """
@@ -247,7 +247,7 @@ def model_size_bytes(model: ir.Model) -> int:
 
 class Staged:
     """A model written beside its target but not yet in place: `commit()` moves it there
-    (`graphopt.atomic`: readers and kills see the old model or the new one, with its data, never
+    (`graphopt.core.atomic`: readers and kills see the old model or the new one, with its data, never
     a mix); `discard()`, garbage collection or exit deletes it otherwise. `path` is a complete
     model file meanwhile (verification runs on it, so the file that lands is the file that was
     checked)."""
@@ -382,7 +382,7 @@ def save(model: ir.Model, path: str | os.PathLike, *, external_data: bool | None
     `external_data=None` chooses: weights go to `<name>.data` when the model is too big for
     one protobuf or when it was loaded with external data. `protect` lists files that must
     not be replaced (the input model and its data). `sparse_format` ("ort" or "onnx", see
-    `graphopt.sparse`) stores zero-heavy weights as `sparse_initializer` where that is smaller.
+    `graphopt.core.sparse`) stores zero-heavy weights as `sparse_initializer` where that is smaller.
     """
     return stage(model, path, external_data=external_data, protect=protect, sparse_format=sparse_format).commit()
 

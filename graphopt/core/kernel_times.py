@@ -25,7 +25,7 @@ import tempfile
 
 import onnx_ir as ir
 
-from graphopt.bench import create_session, session_options
+from graphopt.core.bench import create_session, session_options
 
 _ACTIVATIONS = {"Relu", "Clip", "Sigmoid", "LeakyRelu", "HardSigmoid", "HardSwish", "Tanh"}
 _TOKEN = re.compile(r"_token_\d+$")

@@ -12,7 +12,7 @@ import math
 import numbers
 import os
 
-from graphopt.errors import UsageError
+from graphopt.core.errors import UsageError
 
 MAX_DIM = 2**63 - 1  # ONNX dims are int64
 

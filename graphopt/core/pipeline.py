@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 
 import onnx_ir as ir
 
-from graphopt.errors import GraphoptError, UsageError
+from graphopt.core.errors import GraphoptError, UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class PassOptions:
     keep_initializer_inputs: bool = False
     inference: bool = False  # convert training-mode Dropout/BatchNormalization (changes outputs)
     target_opset: int | None = None  # default-domain opset to convert to first
-    inputs: object = None  # graphopt.inputs.InputModel: the sizes and values passes that measure run at
+    inputs: object = None  # graphopt.core.inputs.InputModel: the sizes and values passes that measure run at
     extra: dict[str, object] = dataclasses.field(default_factory=dict)  # options of later passes
 
 

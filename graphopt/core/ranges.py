@@ -27,8 +27,8 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from graphopt.calibrate import Dataset, fixed_batch, input_specs
-from graphopt.errors import InputError, UsageError, first_line
+from graphopt.core.calibrate import Dataset, fixed_batch, input_specs
+from graphopt.core.errors import InputError, UsageError, first_line
 
 RANGE_METHODS = ("minmax", "percentile", "entropy")
 

@@ -10,8 +10,8 @@ import json
 from rich.console import Console
 from rich.table import Table
 
-from graphopt.pipeline import PassStats
-from graphopt.verify import VerifyResult
+from graphopt.core.pipeline import PassStats
+from graphopt.core.verify import VerifyResult
 
 
 @dataclasses.dataclass

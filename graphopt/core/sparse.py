@@ -10,7 +10,7 @@ What ONNX Runtime does with them (checked with onnxruntime 1.32, tests/test_spar
    the graph: outputs equal the dense model's bit for bit. The file shrinks; inference does
    not get faster (ORT has no sparse CPU kernels for Conv/Gemm/MatMul) and memory does not
    fall: the peak while the session loads is higher, the sparse and dense copies coexisting
-   (measured with `graphopt.bench`: a 16.8 MB MLP at 80% sparsity, 6.7 MB sparse, peaked at
+   (measured with `graphopt.core.bench`: a 16.8 MB MLP at 80% sparsity, 6.7 MB sparse, peaked at
    63 MB against 44 MB dense; same latency).
 2. Indices: ONNX requires int64 (`onnx.checker`: "Sparse tensor indices must have INT64
    type"), ORT also accepts int32, int16 and int8. int64 costs 8 bytes per non-zero, so a
@@ -41,7 +41,7 @@ import onnx
 import onnx_ir as ir
 from onnx import numpy_helper
 
-from graphopt.errors import UsageError
+from graphopt.core.errors import UsageError
 
 logger = logging.getLogger(__name__)
 

@@ -36,7 +36,7 @@ import stat
 import onnx
 import onnx_ir as ir
 
-from graphopt.errors import InputError, first_line, ort_message
+from graphopt.core.errors import InputError, first_line, ort_message
 
 logger = logging.getLogger(__name__)
 

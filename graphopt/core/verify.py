@@ -1,6 +1,6 @@
 """Run the original and the optimized model in ONNX Runtime on the same inputs and compare.
 
-Inputs come from the input model (graphopt.inputs): the user's arrays and `--shape`, else
+Inputs come from the input model (graphopt.core.inputs): the user's arrays and `--shape`, else
 sizes and values that exercise the model, else the first fallback ORT can run. The original
 runs with ORT's graph optimizations off; the optimized model runs off (we check the graph we
 wrote, not ORT's rewrite of it) and at ORT's default level (what users run). Sessions run
@@ -25,9 +25,9 @@ import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 
-from graphopt.errors import InputError, UsageError, ort_message
-from graphopt.input_search import NotRunnable, first_runnable
-from graphopt.inputs import InputModel, input_model, signatures
+from graphopt.core.errors import InputError, UsageError, ort_message
+from graphopt.core.input_search import NotRunnable, first_runnable
+from graphopt.core.inputs import InputModel, input_model, signatures
 
 RTOL = 1e-3
 ATOL = 1e-4
@@ -97,7 +97,7 @@ def _session_source(model, workdir: pathlib.Path, tag: str):
     elif isinstance(model, onnx.ModelProto):
         yield model.SerializeToString()
     elif isinstance(model, ir.Model):
-        from graphopt.io import save  # local: io imports nothing from here, keep it that way
+        from graphopt.core.io import save  # local: io imports nothing from here, keep it that way
 
         path = workdir / f"{tag}.onnx"
         save(model, path)
@@ -120,14 +120,14 @@ def model_ir(model) -> ir.Model:
         return model
     if isinstance(model, onnx.ModelProto):
         return ir.serde.deserialize_model(model)
-    from graphopt.io import load  # local: io imports nothing from here, keep it that way
+    from graphopt.core.io import load  # local: io imports nothing from here, keep it that way
 
     return load(model)
 
 
 def plan_inputs(model, shapes: dict[str, list[int]] | None = None, data: dict | None = None,
                 seed: int = 0) -> InputModel:
-    """The input model of `model` (path, proto or IR): see graphopt.inputs."""
+    """The input model of `model` (path, proto or IR): see graphopt.core.inputs."""
     graph = model_ir(model)
     if data:
         data = check_data(graph, data)
@@ -228,7 +228,7 @@ class Reference:
 def reference(original, *, shapes: dict[str, list[int]] | None = None, data: dict[str, np.ndarray] | None = None,
               outputs: list[str] | None = None, providers=None, seed: int = 0,
               plan: InputModel | None = None) -> Reference:
-    """Run the original once, on the input model's inputs (the first ORT runs, see graphopt.inputs).
+    """Run the original once, on the input model's inputs (the first ORT runs, see graphopt.core.inputs).
 
     Independent of the optimized model, so it may run while that is made. Bad user data
     (`data`, `shapes`) raises; a model ORT cannot run gives a skipped Reference saying why."""
@@ -330,7 +330,7 @@ def verify(original, optimized, *, shapes: dict[str, list[int]] | None = None,
     """Compare every graph output of `optimized` with the same output of `original`.
 
     The sessions run one after the other, so a model over 2 GB is never held twice."""
-    from graphopt.limits import check_number
+    from graphopt.core.limits import check_number
 
     check_number("--rtol", rtol)
     check_number("--atol", atol)

@@ -1,7 +1,7 @@
 """The compression stage of `graphopt.optimize`: prune, then factorize, after the lossless
-pipeline and before quantization, held to the same accuracy budget (`graphopt.accuracy`).
+pipeline and before quantization, held to the same accuracy budget (`graphopt.core.accuracy`).
 
-1. Prepare as the quantization stage does (`passes.quantize_stage.prepare`: unique node
+1. Prepare as the quantization stage does (`graphopt.stages.quantize.prepare`: unique node
    names, shapes, BatchNormalization folded).
 2. Steps, in this order, each a set of layer decisions the budget may revert:
    structured channel pruning (`--sparsity S --structured`: one decision per channel
@@ -18,7 +18,7 @@ pipeline and before quantization, held to the same accuracy budget (`graphopt.ac
 4. Report: per step what was applied and reverted (with each decision's sensitivity), MACs,
    parameters, file size dense and with sparse storage, accuracy, and latency and memory
    against the uncompressed model in ONNX Runtime. Unstructured and N:M sparsity shrink
-   the file (through `graphopt.sparse`), not CPU latency: the report says so.
+   the file (through `graphopt.core.sparse`), not CPU latency: the report says so.
 """
 
 from __future__ import annotations
@@ -34,18 +34,18 @@ from collections.abc import Callable
 import numpy as np
 import onnx_ir as ir
 
-from graphopt import io
-from graphopt.accuracy import Evaluator, fit_budget
-from graphopt.analysis import analyze
-from graphopt.calibrate import load_data
-from graphopt.errors import UsageError
-from graphopt.patterns import constant_array, single_consumer
-from graphopt.sparse import FORMATS
-from passes.low_rank import FactorizeLowRankPass, parse_rank_spec, plan_low_rank
-from passes.prune_channels import CRITERIA, PruneChannelsPass, keep_count
-from passes.prune_groups import analyze_channels
-from passes.prune_magnitude import SCOPES, PruneMagnitudePass, plan_magnitude, prunable_layers
-from passes.prune_nm import PruneNMPass, nm_layers, parse_pattern
+from graphopt.core import io
+from graphopt.core.accuracy import Evaluator, fit_budget
+from graphopt.core.analysis import analyze
+from graphopt.core.calibrate import load_data
+from graphopt.core.errors import UsageError
+from graphopt.core.patterns import constant_array, single_consumer
+from graphopt.core.sparse import FORMATS
+from graphopt.passes.prune.low_rank import FactorizeLowRankPass, parse_rank_spec, plan_low_rank
+from graphopt.passes.prune.prune_channels import CRITERIA, PruneChannelsPass, keep_count
+from graphopt.passes.prune.prune_groups import analyze_channels
+from graphopt.passes.prune.prune_magnitude import SCOPES, PruneMagnitudePass, plan_magnitude, prunable_layers
+from graphopt.passes.prune.prune_nm import PruneNMPass, nm_layers, parse_pattern
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ class CompressOptions:
     eval_output: str | None = None
     preprocess: str | None = None
     shapes: dict | None = None
-    inputs: object = None  # graphopt.inputs.InputModel: the sizes random data and measurements use
+    inputs: object = None  # graphopt.core.inputs.InputModel: the sizes random data and measurements use
     bn_source: object = None  # the original model, for the "bn" criterion
     measure: bool = True
     provider: str = "cpu"
@@ -241,7 +241,7 @@ def bn_scales(source) -> dict[str, np.ndarray]:
 def run_compress(model: ir.Model, options: CompressOptions,
                  progress: Callable[[str], None] | None = None) -> CompressResult:
     """Prune and factorize `model` (not modified; a new model is returned)."""
-    from passes.quantize_stage import prepare  # one preparation for every lossy stage
+    from graphopt.stages.quantize import prepare  # one preparation for every lossy stage
 
     _check(options)
     note = progress or (lambda message: None)
@@ -344,8 +344,8 @@ def _evaluator(model: ir.Model, o: CompressOptions, warnings: list[str]) -> Eval
 
 def _measure(reference: ir.Model, final: ir.Model, evaluator: Evaluator | None, o: CompressOptions,
              warnings: list[str]) -> dict:
-    """Latency and memory, uncompressed vs compressed, interleaved in one process (`graphopt.bench`)."""
-    from graphopt.bench import bench
+    """Latency and memory, uncompressed vs compressed, interleaved in one process (`graphopt.core.bench`)."""
+    from graphopt.core.bench import bench
 
     feeds = (evaluator.data.first() if evaluator is not None
              else o.inputs.feeds() if o.inputs is not None else None)

@@ -9,10 +9,10 @@ in int8, so no shape rule can decide it. This step measures, on the target provi
 thread count:
 
 1. Profile: the all-int8 model and the float model run under ORT's profiler; each layer's
-   kernel time is credited back to it (`graphopt.kernel_times`).
+   kernel time is credited back to it (`graphopt.core.kernel_times`).
 2. Suspects: layers whose int8 kernel takes longer than their float one, largest loss first.
    None: nothing changes.
-3. Confirm, whole models timed interleaved (`graphopt.abtest`), one suspect at a time in
+3. Confirm, whole models timed interleaved (`graphopt.core.abtest`), one suspect at a time in
    that order (at most `max_trials`): the suspect goes float if the model with it float is
    at least `min_gain` faster than the best model so far, with the 95% interval below 1. A
    kernel-level gain can vanish at the boundaries (a float layer needs a QuantizeLinear
@@ -37,9 +37,9 @@ from collections.abc import Callable, Sequence
 
 import onnx_ir as ir
 
-from graphopt.abtest import conclusive, faster, time_pair
-from graphopt.bench import resolve_provider
-from graphopt.kernel_times import kernel_times, node_kernel_times
+from graphopt.core.abtest import conclusive, faster, time_pair
+from graphopt.core.bench import resolve_provider
+from graphopt.core.kernel_times import kernel_times, node_kernel_times
 
 logger = logging.getLogger(__name__)
 

@@ -11,10 +11,10 @@ lossless pipeline, scored on data, held to an accuracy budget, measured in ONNX 
    ORT runs slower than the float one on this machine stay float when the whole model is
    measurably faster that way (quantize_speed.py).
 4. Build with every layer decision applied; score against the float model; if the drop
-   exceeds `--max-accuracy-drop`, `graphopt.accuracy.fit_budget` keeps the most sensitive
+   exceeds `--max-accuracy-drop`, `graphopt.core.accuracy.fit_budget` keeps the most sensitive
    layers in float until it holds, or raises `BudgetError` with the best it found.
 5. Report: accuracy before/after, layers kept float and what each costs, file size,
-   latency and memory side by side with the float model (`graphopt.bench`), and the
+   latency and memory side by side with the float model (`graphopt.core.bench`), and the
    kernels ORT actually runs (so a QDQ pair ORT could not fuse shows up as a float op).
 """
 
@@ -31,11 +31,11 @@ from collections.abc import Callable, Sequence
 import onnx_ir as ir
 from onnx_ir.passes.common import NameFixPass, ShapeInferencePass
 
-from graphopt.accuracy import Evaluator, fit_budget
-from graphopt.calibrate import Dataset, load_data
-from graphopt.ranges import RANGE_METHODS
-from graphopt.errors import UsageError
-from graphopt.patterns import opset_version
+from graphopt.core.accuracy import Evaluator, fit_budget
+from graphopt.core.calibrate import Dataset, load_data
+from graphopt.core.ranges import RANGE_METHODS
+from graphopt.core.errors import UsageError
+from graphopt.core.patterns import opset_version
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class LossyOptions:
     keep_float: Sequence[str] = ()
     eval_output: str | None = None
     shapes: dict | None = None
-    inputs: object = None  # graphopt.inputs.InputModel: the sizes random data and measurements use
+    inputs: object = None  # graphopt.core.inputs.InputModel: the sizes random data and measurements use
     measure: bool = True  # latency and memory against the float model
     place_for_speed: bool = True  # int8: layers ORT runs slower in int8 stay float (measured)
     provider: str = "cpu"
@@ -94,7 +94,7 @@ def prepare(model: ir.Model, warnings: list[str], mode: str = "") -> None:
     high enough for it (step 1). Other lossy stages share it with `mode` left empty."""
     opset = opset_version(model)
     if mode.startswith("int8") and opset < INT8_OPSET:
-        from passes.upgrade_opset import OpsetConversionError, UpgradeOpsetPass
+        from graphopt.passes.cleanup.upgrade_opset import OpsetConversionError, UpgradeOpsetPass
 
         try:
             UpgradeOpsetPass(INT8_OPSET)(model)
@@ -112,7 +112,7 @@ def prepare(model: ir.Model, warnings: list[str], mode: str = "") -> None:
         logger.warning("shape inference failed before quantization: %s", e)
     if any(n.op_type == "BatchNormalization" for n in model.graph):
         try:
-            from passes.fold_batchnorm import FoldBatchNormPass
+            from graphopt.passes.fusion.fold_batchnorm import FoldBatchNormPass
         except ImportError:
             warnings.append("BatchNormalization left unfolded (fold_batchnorm unavailable): its layers stay slow")
             return
@@ -149,7 +149,7 @@ def run_lossy(model: ir.Model, options: LossyOptions, progress: Callable[[str], 
     builder = _builder(model, options, calib, warnings, note)
     speed = None
     if options.mode == "int8" and options.place_for_speed and builder.candidates:
-        from passes.quantize_speed import place_for_speed
+        from graphopt.stages.placement import place_for_speed
 
         note("int8: placement by speed")
         speed = place_for_speed(model, builder.build, builder.candidates, calib.first(),
@@ -184,7 +184,7 @@ def run_lossy(model: ir.Model, options: LossyOptions, progress: Callable[[str], 
 
 
 def _builder(model: ir.Model, options: LossyOptions, calib: Dataset | None, warnings: list[str], note):
-    from passes.quantize_builders import DynamicBuilder, Fp16Builder, Int8Builder
+    from graphopt.stages.quantize_builders import DynamicBuilder, Fp16Builder, Int8Builder
 
     if options.mode == "int8":
         return Int8Builder(model, options, calib, note)
@@ -232,7 +232,7 @@ def _measure(reference: ir.Model, final: ir.Model, data: Dataset | None, options
              warnings: list[str]) -> dict:
     """File size, latency, memory and ORT's kernels, float model vs lossy model, interleaved."""
     try:
-        from graphopt.bench import bench
+        from graphopt.core.bench import bench
     except ImportError:  # pragma: no cover - bench ships with graphopt
         return {}
     feeds = data.first() if data is not None else (options.inputs.feeds() if options.inputs is not None else None)

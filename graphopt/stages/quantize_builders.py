@@ -19,15 +19,15 @@ import math
 import numpy as np
 import onnx_ir as ir
 
-from graphopt.calibrate import Dataset
-from graphopt.ranges import collect_channel_means, collect_ranges
-from graphopt.errors import UsageError
-from graphopt.patterns import constant_array
-from passes.quantize_dynamic import QuantizeDynamicPass, dynamic_candidates
-from passes.quantize_fp16 import MOVES, ConvertFp16Pass, plan_fp16
-from passes.quantize_int8 import QuantizeInt8Pass
-from passes.quantize_plan import plan_int8
-from passes.quantize_scheme import resolve_scheme
+from graphopt.core.calibrate import Dataset
+from graphopt.core.ranges import collect_channel_means, collect_ranges
+from graphopt.core.errors import UsageError
+from graphopt.core.patterns import constant_array
+from graphopt.passes.quantize.quantize_dynamic import QuantizeDynamicPass, dynamic_candidates
+from graphopt.passes.quantize.quantize_fp16 import MOVES, ConvertFp16Pass, plan_fp16
+from graphopt.passes.quantize.quantize_int8 import QuantizeInt8Pass
+from graphopt.passes.quantize.quantize_plan import plan_int8
+from graphopt.passes.quantize.quantize_scheme import resolve_scheme
 
 
 class Int8Builder:

@@ -28,7 +28,7 @@ import logging
 
 import onnx_ir as ir
 
-from graphopt import patterns
+from graphopt.core import patterns
 
 logger = logging.getLogger(__name__)
 

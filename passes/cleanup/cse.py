@@ -39,8 +39,8 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
-from graphopt.patterns import aliases_training_batchnorm, graphs_of
-from graphopt.pipeline import CountedPassResult
+from graphopt.core.patterns import aliases_training_batchnorm, graphs_of
+from graphopt.core.pipeline import CountedPassResult
 
 logger = logging.getLogger(__name__)
 

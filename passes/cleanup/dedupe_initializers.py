@@ -37,8 +37,8 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
-from graphopt.patterns import aliases_training_batchnorm
-from graphopt.pipeline import CountedPassResult
+from graphopt.core.patterns import aliases_training_batchnorm
+from graphopt.core.pipeline import CountedPassResult
 
 logger = logging.getLogger(__name__)
 

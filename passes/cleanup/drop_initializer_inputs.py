@@ -25,7 +25,7 @@ import logging
 
 import onnx_ir as ir
 
-from graphopt.pipeline import CountedPassResult
+from graphopt.core.pipeline import CountedPassResult
 
 logger = logging.getLogger(__name__)
 

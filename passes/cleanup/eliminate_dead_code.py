@@ -31,7 +31,7 @@ import logging
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedFunctionsPass, RemoveUnusedOpsetsPass
 
-from graphopt.pipeline import CountedPassResult
+from graphopt.core.pipeline import CountedPassResult
 
 logger = logging.getLogger(__name__)
 

@@ -62,9 +62,9 @@ import onnx.reference
 import onnx_ir as ir
 import onnxruntime as ort
 
-from graphopt import patterns
-from graphopt.pipeline import CountedPassResult
-from passes.constant_folding_if import inline_constant_if
+from graphopt.core import patterns
+from graphopt.core.pipeline import CountedPassResult
+from graphopt.passes.cleanup._fold_constants_if import inline_constant_if
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ Cases:
    order. The dropped outputs stay in the graph as plain values; what only fed them is
    now dead, and `EliminateDeadCodePass` removes it.
 
-Refused (`graphopt.errors.UsageError`, one line): a name that is not a graph output (the
+Refused (`graphopt.core.errors.UsageError`, one line): a name that is not a graph output (the
 message lists the existing ones), a name given twice, and an empty list (a model must
 have an output). Subgraph and function outputs are positional and never touched.
 """
@@ -20,8 +20,8 @@ import logging
 
 import onnx_ir as ir
 
-from graphopt.errors import UsageError
-from graphopt.pipeline import CountedPassResult
+from graphopt.core.errors import UsageError
+from graphopt.core.pipeline import CountedPassResult
 
 logger = logging.getLogger(__name__)
 

@@ -35,8 +35,8 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
-from graphopt.patterns import is_default_domain
-from graphopt.pipeline import CountedPassResult
+from graphopt.core.patterns import is_default_domain
+from graphopt.core.pipeline import CountedPassResult
 
 logger = logging.getLogger(__name__)
 

@@ -34,8 +34,8 @@ import logging
 
 import onnx_ir as ir
 
-from graphopt.patterns import attr_int, constant_array, graphs_of, is_default_domain, opset_version
-from graphopt.pipeline import CountedPassResult
+from graphopt.core.patterns import attr_int, constant_array, graphs_of, is_default_domain, opset_version
+from graphopt.core.pipeline import CountedPassResult
 
 logger = logging.getLogger(__name__)
 

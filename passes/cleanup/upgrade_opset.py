@@ -29,9 +29,9 @@ import onnx
 import onnx.version_converter
 import onnx_ir as ir
 
-from graphopt.errors import UsageError
-from graphopt.patterns import opset_version
-from graphopt.pipeline import CountedPassResult
+from graphopt.core.errors import UsageError
+from graphopt.core.patterns import opset_version
+from graphopt.core.pipeline import CountedPassResult
 
 logger = logging.getLogger(__name__)
 

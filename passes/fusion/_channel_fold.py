@@ -1,6 +1,6 @@
 """Folding a per-output-channel affine map y = scale * layer(x) + shift into the layer's weights.
 
-Shared by passes/fold_batchnorm.py and passes/fold_affine.py. `ConstantAlgebra` does the
+Shared by passes/fusion/fold_batchnorm.py and passes/fusion/fold_affine.py. `ConstantAlgebra` does the
 arithmetic on constants: numpy while the operands are plain arrays, ONNX nodes (folded by ORT
 at session start) while they are constant expressions such as ConstantOfShape fills, so big
 weights are never materialized here. `fold_output_channel_affine` rewrites Conv,
@@ -15,7 +15,7 @@ __all__ = ["CHANNEL_LAYERS", "ConstantAlgebra", "fold_output_channel_affine"]
 import numpy as np
 import onnx_ir as ir
 
-from graphopt.patterns import add_initializer, attr_int, attr_ints, constant_array, drop_if_unused, fill_value, fresh_name, is_constant_expression, is_default_domain, is_fill, static_dtype, static_shape
+from graphopt.core.patterns import add_initializer, attr_int, attr_ints, constant_array, drop_if_unused, fill_value, fresh_name, is_constant_expression, is_default_domain, is_fill, static_dtype, static_shape
 
 CHANNEL_LAYERS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 

@@ -36,9 +36,9 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from graphopt.abtest import conclusive, faster, time_pair
-from graphopt.bench import paired_ratio, resolve_provider
-from passes.fuse_parallel import Candidate, _const_nodes, apply_all, apply_candidate, find_candidates
+from graphopt.core.abtest import conclusive, faster, time_pair
+from graphopt.core.bench import paired_ratio, resolve_provider
+from graphopt.passes.fusion.fuse_parallel import Candidate, _const_nodes, apply_all, apply_candidate, find_candidates
 
 logger = logging.getLogger(__name__)
 
@@ -336,11 +336,11 @@ class WholeModelGuard:
         self.threads = threads
         self.shapes = shapes
         self.budget_s = budget_s
-        self.feeds = feeds  # the input model's (graphopt.inputs): integers the model accepts
+        self.feeds = feeds  # the input model's (graphopt.core.inputs): integers the model accepts
         self._seen: dict[tuple, GuardVerdict] = {}
 
     def __call__(self, model: ir.Model, accepted: list[Candidate]) -> GuardVerdict:
-        from graphopt.io import model_size_bytes
+        from graphopt.core.io import model_size_bytes
 
         if model_size_bytes(model) > _GUARD_LIMIT_BYTES:
             return GuardVerdict(True, "whole model not timed (over 1.5 GB)")

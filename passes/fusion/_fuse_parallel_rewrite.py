@@ -14,7 +14,7 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import TopologicalSortPass
 
-from graphopt.patterns import attr_int, is_default_domain, opset_version, remove_node_keep_value
+from graphopt.core.patterns import attr_int, is_default_domain, opset_version, remove_node_keep_value
 
 PROVENANCE_KEY = "pkg.graphopt.pass"
 

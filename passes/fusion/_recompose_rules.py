@@ -1,4 +1,4 @@
-"""onnxscript rewrite rules for passes/recompose_ops.py (what each matches: that module's docstring).
+"""onnxscript rewrite rules for passes/fusion/recompose_ops.py (what each matches: that module's docstring).
 
 Kept apart so that the pass can decide from the op types present whether any rule can match
 before onnxscript (0.3 s of imports) is loaded.
@@ -17,7 +17,7 @@ from onnxscript.rewriter import pattern
 from onnxscript.rewriter._basics import MatchResult
 from onnxscript.rewriter.rules.common._fuse_hardswish import fuse_hardswish_rules
 
-from graphopt.patterns import attr_int, attr_ints, constant_array
+from graphopt.core.patterns import attr_int, attr_ints, constant_array
 
 logger = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ channel axis, m * y = (W m) x + b m and y + a = W x + (b + a). Some exporters wr
 unfused BatchNormalization as Conv -> Mul -> Add (Caffe2's affine, Keras' scale layers); this
 pass turns Conv-Mul-Add-Relu into Conv-Relu. Div(y, d) is folded as Mul by 1/d and
 Sub(y, a) as Add of -a. The weight/bias arithmetic is
-`graphopt.channel_fold.fold_output_channel_affine` (shared with fold_batchnorm): new weights and
+`graphopt.passes.fusion._channel_fold.fold_output_channel_affine` (shared with fold_batchnorm): new weights and
 biases are new initializers with fresh names, a weight shared with another layer stays
 exact, a weight that is a constant expression gets a Mul node ORT folds at session start.
 
@@ -42,8 +42,9 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
-from graphopt import channel_fold, patterns
-from graphopt.pipeline import CountedPassResult
+from graphopt.passes.fusion import _channel_fold as channel_fold
+from graphopt.core import patterns
+from graphopt.core.pipeline import CountedPassResult
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ Math: in inference, BN(y) = scale * (y - mean) / sqrt(var + eps) + B = s * y + t
   [C_in, C_out/g, k..] axis 1 within each group; Gemm the columns of op(B), with
   C' = beta*C*s + t and beta = 1; MatMul the columns of W), the bias becomes b s + t and is
   created when the layer had none (MatMul + bias becomes Gemm). The arithmetic is
-  `graphopt.channel_fold.fold_output_channel_affine`, shared with fold_affine.
+  `graphopt.passes.fusion._channel_fold.fold_output_channel_affine`, shared with fold_affine.
 - BN, then Conv: Conv(BN(x))[m] = sum_{c,k} W[m,c,k] (s_c x_c + t_c) + b_m, so
   W'[m,c,k] = W[m,c,k] s_c and b'_m = b_m + sum_{c,k} W[m,c,k] t_c. Only exact when the Conv
   pads nothing (a padded zero would stand for BN(0) = t, not 0) and has group 1.
@@ -51,8 +51,9 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
-from graphopt import channel_fold, patterns
-from graphopt.pipeline import CountedPassResult
+from graphopt.passes.fusion import _channel_fold as channel_fold
+from graphopt.core import patterns
+from graphopt.core.pipeline import CountedPassResult
 
 logger = logging.getLogger(__name__)
 

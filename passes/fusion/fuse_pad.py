@@ -33,8 +33,8 @@ import math
 import numpy as np
 import onnx_ir as ir
 
-from graphopt.patterns import attr_int, attr_ints, constant_array, is_default_domain, opset_version, single_consumer
-from graphopt.pipeline import CountedPassResult
+from graphopt.core.patterns import attr_int, attr_ints, constant_array, is_default_domain, opset_version, single_consumer
+from graphopt.core.pipeline import CountedPassResult
 
 logger = logging.getLogger(__name__)
 

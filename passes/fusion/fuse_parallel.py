@@ -47,9 +47,9 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
-from graphopt.patterns import attr_int, attr_ints, is_default_domain
-from graphopt.pipeline import CountedPassResult
-from passes.fuse_parallel_rewrite import PROVENANCE_KEY, apply_candidate, bias_vector, constant_array, is_graph_input
+from graphopt.core.patterns import attr_int, attr_ints, is_default_domain
+from graphopt.core.pipeline import CountedPassResult
+from graphopt.passes.fusion._fuse_parallel_rewrite import PROVENANCE_KEY, apply_candidate, bias_vector, constant_array, is_graph_input
 
 logger = logging.getLogger(__name__)
 
@@ -264,7 +264,7 @@ class FuseParallelPass(ir.passes.InPlacePass):
     def __init__(self, decide=None, *, guard=None, provider: str = "cpu", threads: int | None = None,
                  measure: bool = True, shapes: dict[str, list[int]] | None = None, log: list[dict] | None = None,
                  feeds: dict | None = None):
-        from passes import fuse_parallel_decide as fpd
+        from graphopt.passes.fusion import _fuse_parallel_decide as fpd
 
         self.decide = decide or (fpd.MeasuredDecider(provider, threads, shapes=shapes) if measure
                                  else fpd.CostModelDecider(provider, threads, shapes=shapes))
@@ -275,7 +275,7 @@ class FuseParallelPass(ir.passes.InPlacePass):
         self._counted: set[str] = set()
 
     def call(self, model: ir.Model) -> FuseParallelResult:
-        from passes.fuse_parallel_decide import describe
+        from graphopt.passes.fusion._fuse_parallel_decide import describe
 
         candidates = find_candidates(model.graph)
         # Counters count each candidate once across the pipeline's iterations (the pipeline sums them);
@@ -321,7 +321,7 @@ def apply_all(model: ir.Model, names: list[str]) -> dict[str, int]:
     """Apply the candidates called `names`, in order. Candidates are found again after each
     rewrite: one candidate's input may be another's result, which the rewrite replaced by a Split
     output (that keeps the name, so the candidate's name still finds it)."""
-    from graphopt.patterns import fresh_name, model_names
+    from graphopt.core.patterns import fresh_name, model_names
 
     taken = model_names(model)
     counters: dict[str, int] = {}

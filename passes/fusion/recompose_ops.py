@@ -39,8 +39,8 @@ import logging
 
 import onnx_ir as ir
 
-from graphopt.patterns import graphs_of, make_names_unique, opset_version
-from graphopt.pipeline import CountedPassResult
+from graphopt.core.patterns import graphs_of, make_names_unique, opset_version
+from graphopt.core.pipeline import CountedPassResult
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class RecomposeOpsPass(ir.passes.InPlacePass):
         nodes = _nodes(model)
         if not any(_can_match(name, nodes) for name in TRIGGERS):
             return CountedPassResult(model, False, counters)
-        from passes.recompose_rules import rulesets  # onnxscript: only when a rule may match
+        from graphopt.passes.fusion._recompose_rules import rulesets  # onnxscript: only when a rule may match
 
         for name, ruleset in rulesets(opset).items():
             if not _can_match(name, _nodes(model)):  # re-read: an earlier set may have made one (Softplus)

@@ -37,10 +37,10 @@ import math
 import numpy as np
 import onnx_ir as ir
 
-from graphopt.errors import UsageError
-from graphopt.patterns import attr_int, attr_ints, drop_if_unused, fresh_name, model_names
-from graphopt.pipeline import CountedPassResult
-from passes.prune_magnitude import layer_weight
+from graphopt.core.errors import UsageError
+from graphopt.core.patterns import attr_int, attr_ints, drop_if_unused, fresh_name, model_names
+from graphopt.core.pipeline import CountedPassResult
+from graphopt.passes.prune.prune_magnitude import layer_weight
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Structured (channel) pruning: remove whole output channels of Conv/ConvTranspose/Gemm/MatMul
 layers, and every tensor slice that depends on them, so the network gets really smaller.
 
-1. Groups: `passes.prune_groups.analyze_channels` finds the channel dependency groups
+1. Groups: `graphopt.passes.prune.prune_groups.analyze_channels` finds the channel dependency groups
    (channels that a residual Add, a Mul or a Concat ties together are one group) and the
    groups that cannot be pruned, with the reason.
 2. Importance of channel j of a group: the sum over the group's producing layers of the
@@ -31,10 +31,10 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
-from graphopt.patterns import constant_array, model_names
-from graphopt.pipeline import CountedPassResult
-from passes.prune_groups import ChannelGroup, DependencyGraph, analyze_channels
-from passes.prune_magnitude import set_weight
+from graphopt.core.patterns import constant_array, model_names
+from graphopt.core.pipeline import CountedPassResult
+from graphopt.passes.prune.prune_groups import ChannelGroup, DependencyGraph, analyze_channels
+from graphopt.passes.prune.prune_magnitude import set_weight
 
 logger = logging.getLogger(__name__)
 

@@ -36,7 +36,7 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
-from graphopt.patterns import attr_int, attr_ints, constant_array, is_default_domain, static_shape
+from graphopt.core.patterns import attr_int, attr_ints, constant_array, is_default_domain, static_shape
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@
 
 Declines (debug log): layers in a custom domain, in subgraphs or functions (not visited),
 with non-float or non-constant weights, or smaller than `min_params`. Graph inputs,
-outputs and node names are kept. Values stay dense in the IR: `graphopt.sparse` stores
+outputs and node names are kept. Values stay dense in the IR: `graphopt.core.sparse` stores
 them compactly when the model is saved. ONNX Runtime has no sparse CPU kernels, so this
 shrinks files, not latency.
 """
@@ -27,8 +27,8 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
-from graphopt.patterns import constant_array, drop_if_unused, fresh_name, is_default_domain, model_names
-from graphopt.pipeline import CountedPassResult
+from graphopt.core.patterns import constant_array, drop_if_unused, fresh_name, is_default_domain, model_names
+from graphopt.core.pipeline import CountedPassResult
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ reduction axis, keep the N largest in magnitude and zero the rest.
 The pattern is what sparse tensor cores (NVIDIA Ampere and later, through TensorRT built
 with sparsity enabled) run at up to twice the dense math rate. ONNX Runtime's CPU kernels
 do not use it: on CPU it gives no speed, and at 2:4 the file does not shrink either (50%
-zeros do not pay for their indices, see `graphopt.sparse`). The report says which layers
+zeros do not pay for their indices, see `graphopt.core.sparse`). The report says which layers
 qualify; TensorRT still decides per layer at engine build time whether the sparse kernel
 is faster.
 
@@ -29,10 +29,10 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
-from graphopt.errors import UsageError
-from graphopt.patterns import attr_int, model_names
-from graphopt.pipeline import CountedPassResult
-from passes.prune_magnitude import layer_weight, set_weight
+from graphopt.core.errors import UsageError
+from graphopt.core.patterns import attr_int, model_names
+from graphopt.core.pipeline import CountedPassResult
+from graphopt.passes.prune.prune_magnitude import layer_weight, set_weight
 
 logger = logging.getLogger(__name__)
 

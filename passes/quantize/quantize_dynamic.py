@@ -24,9 +24,9 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
-from graphopt.patterns import attr_int, constant_array, fresh_name, is_default_domain, model_names
-from graphopt.pipeline import CountedPassResult
-from passes.quantize_scheme import SCHEMES, Int8Scheme, quantize_weight
+from graphopt.core.patterns import attr_int, constant_array, fresh_name, is_default_domain, model_names
+from graphopt.core.pipeline import CountedPassResult
+from graphopt.passes.quantize.quantize_scheme import SCHEMES, Int8Scheme, quantize_weight
 
 logger = logging.getLogger(__name__)
 

@@ -38,8 +38,8 @@ import math
 import numpy as np
 import onnx_ir as ir
 
-from graphopt.patterns import attr_ints, constant_array, fresh_name, is_default_domain, model_names
-from graphopt.pipeline import CountedPassResult
+from graphopt.core.patterns import attr_ints, constant_array, fresh_name, is_default_domain, model_names
+from graphopt.core.pipeline import CountedPassResult
 
 logger = logging.getLogger(__name__)
 

@@ -31,10 +31,10 @@ from collections.abc import Mapping
 import numpy as np
 import onnx_ir as ir
 
-from graphopt.patterns import attr_int, constant_array, fresh_name, model_names, opset_version
-from graphopt.pipeline import CountedPassResult
-from passes.quantize_plan import Int8Plan, plan_int8
-from passes.quantize_scheme import SCHEMES, Int8Scheme, activation_params, quantize_bias, quantize_weight
+from graphopt.core.patterns import attr_int, constant_array, fresh_name, model_names, opset_version
+from graphopt.core.pipeline import CountedPassResult
+from graphopt.passes.quantize.quantize_plan import Int8Plan, plan_int8
+from graphopt.passes.quantize.quantize_scheme import SCHEMES, Int8Scheme, activation_params, quantize_bias, quantize_weight
 
 logger = logging.getLogger(__name__)
 

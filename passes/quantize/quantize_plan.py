@@ -35,7 +35,7 @@ import dataclasses
 import numpy as np
 import onnx_ir as ir
 
-from graphopt.patterns import attr_int, constant_array, is_constant, is_default_domain
+from graphopt.core.patterns import attr_int, constant_array, is_constant, is_default_domain
 
 LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 _SHARED = {"MaxPool", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Resize", "Slice", "Gather",

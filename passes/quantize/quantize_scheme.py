@@ -83,7 +83,7 @@ def resolve_scheme(name: str = "auto") -> tuple[Int8Scheme, str]:
     """The scheme and a one-line reason for it."""
     if name != "auto":
         if name not in SCHEMES:
-            from graphopt.errors import UsageError
+            from graphopt.core.errors import UsageError
 
             raise UsageError(f"int8 scheme {name!r}: choose auto or one of {', '.join(SCHEMES)}")
         return SCHEMES[name], "chosen by the user"

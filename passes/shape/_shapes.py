@@ -28,7 +28,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from graphopt.patterns import attr_int, attr_ints, constant_array
+from graphopt.core.patterns import attr_int, attr_ints, constant_array
 
 logger = logging.getLogger(__name__)
 

@@ -54,7 +54,7 @@ import onnx
 import onnx_ir as ir
 from onnx_ir.passes.common import _c_api_utils  # the >2 GB-safe proto round trip of ShapeInferencePass
 
-from graphopt.pipeline import CountedPassResult
+from graphopt.core.pipeline import CountedPassResult
 
 logger = logging.getLogger(__name__)
 

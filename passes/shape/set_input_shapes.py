@@ -23,9 +23,9 @@ import logging
 
 import onnx_ir as ir
 
-from graphopt.errors import UsageError
-from graphopt.patterns import graphs_of
-from graphopt.pipeline import CountedPassResult
+from graphopt.core.errors import UsageError
+from graphopt.core.patterns import graphs_of
+from graphopt.core.pipeline import CountedPassResult
 
 logger = logging.getLogger(__name__)
 

@@ -32,10 +32,10 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
-from graphopt.patterns import (attr_int, attr_ints, constant_array, fresh_name, graphs_of, is_default_domain,
+from graphopt.core.patterns import (attr_int, attr_ints, constant_array, fresh_name, graphs_of, is_default_domain,
                                model_names, opset_version, remove_node_keep_value, single_consumer)
-from graphopt.pipeline import CountedPassResult
-from graphopt.shapes import evaluate_model, infer_dims
+from graphopt.core.pipeline import CountedPassResult
+from graphopt.passes.shape._shapes import evaluate_model, infer_dims
 
 logger = logging.getLogger(__name__)
 

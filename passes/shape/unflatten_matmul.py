@@ -31,10 +31,10 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
-from graphopt.patterns import (attr_int, constant_array, fresh_name, is_default_domain, model_names, opset_version,
+from graphopt.core.patterns import (attr_int, constant_array, fresh_name, is_default_domain, model_names, opset_version,
                                single_consumer)
-from graphopt.pipeline import CountedPassResult
-from graphopt.shapes import evaluate_model, infer_dims
+from graphopt.core.pipeline import CountedPassResult
+from graphopt.passes.shape._shapes import evaluate_model, infer_dims
 
 logger = logging.getLogger(__name__)
 

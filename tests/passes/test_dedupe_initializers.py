@@ -4,7 +4,7 @@ import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper
 
-from passes.dedupe import DeduplicateInitializersPass
+from graphopt.passes.cleanup.dedupe_initializers import DeduplicateInitializersPass
 from tests.util import assert_equivalent, copy, parse, run, to_proto
 
 

@@ -5,7 +5,7 @@ import onnx
 import onnx_ir as ir
 import pytest
 
-from passes.initializer_inputs import DropInitializerInputsPass
+from graphopt.passes.cleanup.drop_initializer_inputs import DropInitializerInputsPass
 from tests.util import assert_equivalent, copy, parse, random_feeds, run, to_proto
 
 LIGHT = pathlib.Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"

@@ -3,7 +3,7 @@ import onnx
 import onnx_ir as ir
 import pytest
 
-from passes.dead_code import EliminateDeadCodePass
+from graphopt.passes.cleanup.eliminate_dead_code import EliminateDeadCodePass
 from tests.util import assert_equivalent, copy, ops, parse, to_proto
 
 IF_MODEL = """

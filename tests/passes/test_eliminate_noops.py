@@ -5,7 +5,7 @@ import onnx
 import onnx_ir as ir
 import pytest
 
-from passes.noops import EliminateNoOpsPass
+from graphopt.passes.cleanup.eliminate_noops import EliminateNoOpsPass
 from tests.util import assert_equivalent, copy, ops, parse, random_feeds, to_proto
 
 

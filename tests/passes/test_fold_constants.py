@@ -1,4 +1,4 @@
-"""Tests for passes/constant_folding.py."""
+"""Tests for passes/cleanup/fold_constants.py."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import onnx
 import onnx_ir as ir
 import pytest
 
-from passes.constant_folding import FoldConstantsPass
+from graphopt.passes.cleanup.fold_constants import FoldConstantsPass
 from tests import util
 
 HEADER = '<ir_version: 10, opset_import: ["" : 21]>'

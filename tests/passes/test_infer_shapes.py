@@ -1,4 +1,4 @@
-"""Tests for passes/shape_inference.py."""
+"""Tests for passes/shape/infer_shapes.py."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 
-import passes.shape_inference
-from passes.shape_inference import InferShapesPass
+import graphopt.passes.shape.infer_shapes
+from graphopt.passes.shape.infer_shapes import InferShapesPass
 from tests import util
 
 HEADER = '<ir_version: 10, opset_import: ["" : 21]>'
@@ -72,13 +72,13 @@ def test_failure_warns_and_leaves_model_unchanged(caplog):
 
 
 def test_error_half_way_through_the_merge_is_undone(monkeypatch, caplog):
-    merge = passes.shape_inference._merge
+    merge = graphopt.passes.shape.infer_shapes._merge
 
     def merge_then_fail(model, inferred, known_dims):
         merge(model, inferred, known_dims)
         raise RuntimeError("merge exploded")
 
-    monkeypatch.setattr(passes.shape_inference, "_merge", merge_then_fail)
+    monkeypatch.setattr(graphopt.passes.shape.infer_shapes, "_merge", merge_then_fail)
     model = util.parse(HEADER + "g (float[2] x) => (y) { a = Relu(x)\n y = Neg(a) }")
     with caplog.at_level(logging.WARNING):
         result = InferShapesPass()(model)

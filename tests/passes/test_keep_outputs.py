@@ -2,9 +2,9 @@ import numpy as np
 import onnx
 import pytest
 
-from graphopt.errors import UsageError
-from passes.dead_code import EliminateDeadCodePass
-from passes.dead_outputs import KeepOutputsPass
+from graphopt.core.errors import UsageError
+from graphopt.passes.cleanup.eliminate_dead_code import EliminateDeadCodePass
+from graphopt.passes.cleanup.keep_outputs import KeepOutputsPass
 from tests.util import copy, ops, parse, random_feeds, run, to_proto
 
 TWO_HEADS = """

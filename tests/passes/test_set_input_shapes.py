@@ -2,8 +2,8 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 
-from graphopt.errors import UsageError
-from passes.input_shapes import SetInputShapesPass
+from graphopt.core.errors import UsageError
+from graphopt.passes.shape.set_input_shapes import SetInputShapesPass
 from tests.util import assert_equivalent, copy, parse
 
 MODEL = """

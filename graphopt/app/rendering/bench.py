@@ -11,14 +11,14 @@ import os
 import pathlib
 from collections.abc import Sequence
 
-from graphopt.bench import BenchResult
-from graphopt.errors import UsageError
-from graphopt.machine import describe_cpu
-from graphopt.plots import CSS, PLOTS_MISSING, plots_available, png
+from graphopt.core.bench import BenchResult
+from graphopt.core.errors import UsageError
+from graphopt.core.machine import describe_cpu
+from graphopt.app.rendering.plots import CSS, PLOTS_MISSING, plots_available, png
 
 
 def _fmt_bytes(n) -> str:
-    from graphopt.report import human_bytes
+    from graphopt.core.report import human_bytes
 
     return human_bytes(int(n)) if n is not None else "-"
 

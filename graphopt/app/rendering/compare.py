@@ -12,9 +12,9 @@ import pathlib
 
 import numpy as np
 
-from graphopt.compare import CompareResult, ModelSummary
-from graphopt.errors import UsageError
-from graphopt.plots import CSS, PLOTS_MISSING, png
+from graphopt.app.compare import CompareResult, ModelSummary
+from graphopt.core.errors import UsageError
+from graphopt.app.rendering.plots import CSS, PLOTS_MISSING, png
 
 
 def _fmt(n) -> str:
@@ -50,7 +50,7 @@ def _agree_text(a: dict) -> str:
 
 def _rows(result: CompareResult) -> dict[str, list[tuple[str, list[str]]]]:
     """Table sections as (row label, one cell per model); cells show `exported -> optimized`."""
-    from graphopt.report import human_bytes
+    from graphopt.core.report import human_bytes
 
     exp, opt = result.exported, result.optimized or [None] * len(result.exported)
     get = lambda m, f: None if m is None else f(m)  # noqa: E731
@@ -108,7 +108,7 @@ def render(result: CompareResult, console=None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from graphopt.machine import describe_cpu
+    from graphopt.core.machine import describe_cpu
 
     console = console or Console()
     console.print(describe_cpu(result.bench["environment"]))
@@ -186,7 +186,7 @@ def to_markdown(result: CompareResult, images: dict[str, str] | None = None) -> 
     """Markdown tables; `images` maps plot names to file names written beside the report."""
     names = [m.name for m in result.exported]
     lines = [f"# graphopt compare: {', '.join(names)}", ""]
-    from graphopt.machine import describe_cpu
+    from graphopt.core.machine import describe_cpu
 
     lines += [describe_cpu(result.bench["environment"]), ""]
     for title, rows in _rows(result).items():
@@ -206,7 +206,7 @@ def to_markdown(result: CompareResult, images: dict[str, str] | None = None) -> 
 
 def to_html(result: CompareResult, pngs: dict[str, bytes] | None) -> str:
     """One self-contained page: tables and plots (base64 PNG), viewable offline."""
-    from graphopt.machine import describe_cpu
+    from graphopt.core.machine import describe_cpu
 
     names = [m.name for m in result.exported]
     esc = html.escape
