@@ -14,11 +14,8 @@ _EXPORTS = {
     "optimize": "graphopt.app.api", "inspect": "graphopt.app.api", "OptimizeResult": "graphopt.app.api",
     "load": "graphopt.core.io", "save": "graphopt.core.io",
     "GraphoptError": "graphopt.core.errors", "InputError": "graphopt.core.errors", "UsageError": "graphopt.core.errors",
-    "VerificationError": "graphopt.core.errors",
+    "VerificationError": "graphopt.core.errors", "build": "graphopt.app.build",
 }
-
-
-from graphopt.app.build import build  # noqa: E402 - light; the function shadows the submodule name: use `from graphopt.app.build import ...`
 
 
 def __getattr__(name: str):

@@ -189,7 +189,7 @@ def test_sequence_and_optional_inputs_are_generated(case):
 def test_verification_fails_when_only_ortss_default_level_rejects_the_model(monkeypatch):
     import graphopt.core.verify as gv
 
-    real = gv._session
+    real = gv.ort_session
 
     def picky(source, providers=None, optimize=False):
         if optimize and "optimized" in str(source):
@@ -197,7 +197,7 @@ def test_verification_fails_when_only_ortss_default_level_rejects_the_model(monk
         return real(source, providers, optimize)
 
     ref = reference(X.unet_like())
-    monkeypatch.setattr(gv, "_session", picky)
+    monkeypatch.setattr(gv, "ort_session", picky)
     with __import__("tempfile").TemporaryDirectory() as tmp:
         path = f"{tmp}/optimized.onnx"
         onnx.save(X.unet_like(), path)

@@ -112,7 +112,7 @@ def test_kill_at_every_call_of_a_save_leaves_old_or_new_output(tmp_path, externa
     outcomes = []
     for k, call in enumerate(_ordinals(calls), 1):
         target = fresh()
-        status, _ = _save_killed_at(call, lambda: io.save(new, target, external_data=external_data))
+        status, _ = _save_killed_at(call, lambda target=target: io.save(new, target, external_data=external_data))
         assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == 9, f"call {k} {call}: not killed"
         got = _outputs(target)  # loads: a complete model whose data files exist and match
         which = "old" if np.array_equal(got, expected_old) else "new" if np.array_equal(got, expected_new) else None

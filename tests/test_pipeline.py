@@ -85,3 +85,19 @@ def test_recompose_triggers_cover_the_registry_gate():
     from graphopt.passes.fusion.recompose_ops import TRIGGERS
 
     assert REGISTRY["recompose_ops"].needs_ops == frozenset().union(*TRIGGERS.values())
+
+
+class Explodes(ir.passes.InPlacePass):
+    def call(self, model):
+        raise RuntimeError("boom")
+
+
+def test_a_failing_pass_names_the_passes_that_ran_before_it():
+    import pytest
+
+    specs = [PassSpec("remove_one", lambda o: RemoveOneIdentity(), ""), PassSpec("count", lambda o: CountCalls(), ""),
+             PassSpec("explodes", lambda o: Explodes(), "")]
+    with pytest.raises(ir.passes.PassError, match=r"pass 'explodes' failed after remove_one, count: boom"):
+        Pipeline(specs).run(parse(MODEL))
+    with pytest.raises(ir.passes.PassError, match=r"pass 'explodes' failed \(the first pass run\): boom"):
+        Pipeline(specs[2:]).run(parse(MODEL))

@@ -12,7 +12,6 @@ framework's own outputs on the realistic sample beside it (`NAME.npz`, `expected
 from __future__ import annotations
 
 import json
-import pathlib
 import shutil
 
 import numpy as np

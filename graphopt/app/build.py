@@ -86,9 +86,9 @@ class BuildResult:
                 "models": [m.to_dict() for m in self.models]}
 
     def to_json(self) -> str:
-        from graphopt.core.report import _jsonable
+        from graphopt.core.report import jsonable
 
-        return json.dumps(self.to_dict(), indent=2, default=_jsonable)
+        return json.dumps(self.to_dict(), indent=2, default=jsonable)
 
 
 class BuildObserver(Protocol):

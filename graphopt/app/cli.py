@@ -230,7 +230,7 @@ def verify(
 ) -> None:
     """Run ORIGINAL and OPTIMIZED in ONNX Runtime on the same inputs and compare every output."""
     from graphopt.core import io
-    from graphopt.core.report import _render_verification
+    from graphopt.core.report import render_verification
     from graphopt.core.verify import load_npz, verify as run_verify
 
     for path in (original, optimized):
@@ -244,7 +244,7 @@ def verify(
     if json_out:
         _print_json(result.to_dict(), error, 1)
     else:
-        _render_verification(_out, result)
+        render_verification(_out, result)
     if error:
         _error_line(error)
         raise typer.Exit(1)
@@ -463,11 +463,11 @@ _first_line = first_line
 
 def _print_json(data: dict, error: str | None, code: int) -> None:
     """One JSON object on stdout; a failure adds `error` and `exit_code` (what --json failures always carry)."""
-    from graphopt.core.report import _jsonable
+    from graphopt.core.report import jsonable
 
     if error:
         data = {**data, "error": error, "exit_code": code}
-    print(json.dumps(data, indent=2, default=_jsonable))
+    print(json.dumps(data, indent=2, default=jsonable))
 
 
 def _error_line(message: str) -> None:

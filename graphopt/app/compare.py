@@ -262,7 +262,7 @@ def compare(
     """Compare exports (paths) of one network; `optimize` adds the same after graphopt.optimize."""
     from graphopt.app.api import optimize as run_optimize
     from graphopt.core.bench import bench, display_names, resolve_provider, sample_data_for
-    from graphopt.core.verify import _session, load_npz, run_model, runnable_inputs
+    from graphopt.core.verify import ort_session, load_npz, run_model, runnable_inputs
 
     if len(models) < 2:
         raise UsageError("compare needs two or more models")
@@ -278,7 +278,7 @@ def compare(
     if data is None and not shapes and sample_data_for(models[0]) is not None:
         data = load_npz(sample_data_for(models[0]))
         warnings.append(f"inputs: {sample_data_for(models[0])} (sample data beside the first model)")
-    sessions = [_session(str(m)) for m in models]
+    sessions = [ort_session(str(m)) for m in models]
     if data is not None:  # a sample file may hold expected outputs too
         first = {a.name for a in sessions[0].get_inputs()}
         data = {k: v for k, v in data.items() if k in first}

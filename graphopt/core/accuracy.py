@@ -177,7 +177,7 @@ class Evaluator:
                 sizes.append(min(self.batch_size, len(self.data) - start))
                 for name, value in zip(names, session.run(names, feeds)):
                     chunks[name].append(np.asarray(value))
-        except Exception as e:  # noqa: BLE001 - ORT raises several unrelated types
+        except Exception as e:
             raise InputError(f"{self.data.source}: ONNX Runtime failed on the evaluation data: {e}") from e
         return {n: _join(c, sizes) for n, c in chunks.items()}
 

@@ -147,7 +147,7 @@ def session_options(threads: int | None = None, ort_level: str = "all",
 def create_session(source: str | bytes, providers: list[str], options: ort.SessionOptions) -> ort.InferenceSession:
     try:
         return ort.InferenceSession(source, options, providers=providers)
-    except Exception as e:  # noqa: BLE001 - ORT raises several unrelated types for a model it rejects
+    except Exception as e:
         where = source if isinstance(source, str) else "<model>"
         raise InputError(f"{where}: ONNX Runtime cannot create a session ({first_line(e)})") from e
 
@@ -554,7 +554,7 @@ def bench(
                 start = time.perf_counter()
                 try:
                     session.run(None, feeds[i])
-                except Exception as e:  # noqa: BLE001 - ORT raises several types for inputs it rejects
+                except Exception as e:
                     shapes_given = _shapes_of(feeds[i])
                     raise InputError(f"{name}: ONNX Runtime cannot run the model on inputs {shapes_given} "
                                      f"({first_line(e)})") from e

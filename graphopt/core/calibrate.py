@@ -170,7 +170,7 @@ def load_data(source, model: ir.Model | Sequence[InputSpec], *, purpose: str = "
     `inputs` (a graphopt.core.inputs.InputModel) draws random data; else one is made from `model`."""
     specs = input_specs(model) if isinstance(model, ir.Model) else list(model)
     if isinstance(preprocess, str):
-        from graphopt.core.images import Preprocess  # images import this module
+        from graphopt.core.images import Preprocess
 
         preprocess = Preprocess.parse(preprocess)
     if isinstance(source, Dataset):
@@ -262,7 +262,8 @@ def _from_folder(folder: pathlib.Path, specs: Sequence[InputSpec], preprocess: "
     from graphopt.core.images import IMAGE_SUFFIXES, from_images
 
     if files and kinds <= IMAGE_SUFFIXES:
-        return from_images(folder, files, specs, preprocess, labels)
+        array, note = from_images(folder, files, specs, preprocess)
+        return Dataset({specs[0].name: array}, labels, str(folder), notes=[note])
     if not files and subdirs:
         names = {s.name for s in specs}
         if {d.name for d in subdirs} >= names:

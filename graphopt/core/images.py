@@ -14,11 +14,21 @@ __all__ = ["IMAGE_SUFFIXES", "Preprocess", "from_images"]
 import dataclasses
 import pathlib
 from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 
-from graphopt.core.calibrate import Dataset, InputSpec
 from graphopt.core.errors import InputError, UsageError, first_line
+
+class InputSpec(Protocol):
+    """What images need of a graph input (`graphopt.core.calibrate.InputSpec` has it)."""
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[int | None, ...] | None
+
+    def describe(self) -> str: ...
+
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".ppm", ".pgm", ".tif", ".tiff"}
 
@@ -114,7 +124,8 @@ def resolve(pre: Preprocess, spec: InputSpec, folder: pathlib.Path) -> Preproces
 
 
 def from_images(folder: pathlib.Path, files: list[pathlib.Path], specs: Sequence[InputSpec],
-                 preprocess: Preprocess | None, labels: np.ndarray | None) -> Dataset:
+                 preprocess: Preprocess | None) -> tuple[np.ndarray, str]:
+    """The images as one batch for the model's single input, and a note of how they were read."""
     if len(specs) != 1:
         raise InputError(f"{folder}: images feed a single-input model; this one has "
                          f"{', '.join(s.name for s in specs)}")
@@ -146,9 +157,7 @@ def from_images(folder: pathlib.Path, files: list[pathlib.Path], specs: Sequence
         if pre.layout == "nchw":
             array = array.transpose(2, 0, 1)
         samples.append(array.astype(spec.dtype if np.issubdtype(spec.dtype, np.floating) else np.float32))
-    data = Dataset({spec.name: np.stack(samples)}, labels, str(folder),
-                   notes=[f"images preprocessed with {pre.describe()}"])
-    return data
+    return np.stack(samples), f"images preprocessed with {pre.describe()}"
 
 
 def _resize_crop(img, pre: Preprocess, Image):

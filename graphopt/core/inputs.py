@@ -193,7 +193,7 @@ class InputModel:
         return total
 
 def _draw(rng: np.random.Generator, dtype: np.dtype, shape: list[int], rule: ValueRule | None):
-    if dtype == object:
+    if np.dtype(dtype) == np.dtype(object):
         return np.full(shape, "a", dtype=object)
     if rule is not None and rule.pattern == "mask":
         mask = np.ones(shape, dtype=np.float64)

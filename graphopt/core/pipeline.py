@@ -1,7 +1,7 @@
 """The pass protocol, pass registry entries and the pipeline that runs them to a fixed point.
 
-A pass is an `ir.passes.InPlacePass` (onnx-ir's own infrastructure; we add no second pass
-manager). A pass may return `CountedPassResult` to report named counters (MLIR-style pass
+A pass is an `ir.passes.InPlacePass` (onnx-ir's own infrastructure); `Pipeline` says why its
+loop is not onnx-ir's `PassManager`. A pass may return `CountedPassResult` to report named counters (MLIR-style pass
 statistics); the pipeline adds timing and node counts to every pass it runs.
 """
 
@@ -119,6 +119,18 @@ class Pipeline:
     A pass whose last run changed nothing is not run again until some pass has changed the
     model since (passes are deterministic: same model in, nothing to do again), so the
     confirming last round costs only what changed in the round before.
+
+    Each pass runs through onnx-ir's own `PassBase.__call__` (its in-place check, pre- and
+    postconditions); the loop around them is not onnx-ir's `PassManager`, which repeats the
+    whole list each step until a step changes nothing. Three things this loop does that it
+    cannot, and that set graphopt's run time and fixed point: (1) it skips a pass that has
+    nothing to do since its last run (PassManager runs every pass every step: on a ResNet-50
+    the confirming round alone would cost the whole list again); (2) a pass whose ops the model
+    lacks (`PassSpec.needs_ops`) is neither built nor imported (onnxscript's rewriter takes a
+    third of a second to import); (3) a pass that only annotates (shape inference,
+    `rewrites=False`) does not keep the loop going. What PassManager adds on failure, the names
+    of the passes that ran before the one that failed, this loop adds too; the statistics
+    (`PassStats`, MLIR-style) are kept per pass around each call.
     """
 
     def __init__(self, specs: Sequence[PassSpec], options: PassOptions | None = None,
@@ -135,34 +147,39 @@ class Pipeline:
 
     def run(self, model: ir.Model, progress: Callable[[str], None] | None = None) -> PipelineResult:
         stats = {spec.name: PassStats(spec.name) for spec in self.specs}
-        version = 0  # bumped by every modifying run, annotations included
-        idle_at: dict[str, int] = {}  # pass -> version at its last run that changed nothing
+        state = _LoopState()
         iterations = 0
-        for iterations in range(1, self.max_iterations + 1):
-            changed = False
-            ops = _op_types(model)
-            for spec in self.specs:
-                if idle_at.get(spec.name) == version:
-                    continue
-                if spec.needs_ops and not spec.needs_ops & ops:
-                    idle_at[spec.name] = version
-                    continue
-                if progress:
-                    progress(spec.name)
-                if self._run_one(spec, self._pass(spec), model, stats[spec.name]):
-                    version += 1
-                    ops = _op_types(model)
-                    changed |= spec.rewrites
-                else:
-                    idle_at[spec.name] = version
-            if not changed:
+        while iterations < self.max_iterations:
+            iterations += 1
+            if not self._round(model, stats, state, progress):
                 break
         else:
             logger.warning("pipeline did not reach a fixed point in %d iterations", self.max_iterations)
         return PipelineResult(model, list(stats.values()), iterations)
 
+    def _round(self, model: ir.Model, stats: dict[str, PassStats], state: _LoopState, progress) -> bool:
+        """One pass over the list; whether a rewriting pass changed the model."""
+        changed = False
+        ops = _op_types(model)
+        for spec in self.specs:
+            if state.idle_at.get(spec.name) == state.version:
+                continue
+            if spec.needs_ops and not spec.needs_ops & ops:
+                state.idle_at[spec.name] = state.version
+                continue
+            if progress:
+                progress(spec.name)
+            if self._run_one(spec, self._pass(spec), model, stats[spec.name], state.ran):
+                state.version += 1
+                ops = _op_types(model)
+                changed |= spec.rewrites
+            else:
+                state.idle_at[spec.name] = state.version
+        return changed
+
     @staticmethod
-    def _run_one(spec: PassSpec, pass_: ir.passes.PassBase, model: ir.Model, stat: PassStats) -> bool:
+    def _run_one(spec: PassSpec, pass_: ir.passes.PassBase, model: ir.Model, stat: PassStats,
+                 ran: list[str]) -> bool:
         before = {id(n) for n in _all_nodes(model)}
         start = time.perf_counter()
         try:
@@ -170,7 +187,9 @@ class Pipeline:
         except (ir.passes.InvariantError, GraphoptError):
             raise  # a user's error (bad --shape, blocked --target-opset) keeps its one-line message
         except Exception as e:
-            raise ir.passes.PassError(f"pass {spec.name!r} failed: {e}") from e
+            after = f" after {', '.join(dict.fromkeys(ran))}" if ran else " (the first pass run)"
+            raise ir.passes.PassError(f"pass {spec.name!r} failed{after}: {e}") from e
+        ran.append(spec.name)
         stat.seconds += time.perf_counter() - start
         if result.model is not model:
             raise ir.passes.PassError(f"pass {spec.name!r} must rewrite the model in place")
@@ -181,6 +200,13 @@ class Pipeline:
         stat.nodes_added += len(after - before)
         stat.counters.update(getattr(result, "counters", {}) or {})
         return bool(result.modified)
+
+
+@dataclasses.dataclass
+class _LoopState:
+    version: int = 0  # bumped by every modifying run, annotations included
+    idle_at: dict[str, int] = dataclasses.field(default_factory=dict)  # pass -> version at its last idle run
+    ran: list[str] = dataclasses.field(default_factory=list)  # passes run so far, in order, for error messages
 
 
 def select(available: dict[str, PassSpec], level_names: Sequence[str],

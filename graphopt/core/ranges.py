@@ -144,7 +144,7 @@ class _TensorTap:
                 source = str(pathlib.Path(self._tmp.name) / "tap.onnx")
                 onnx.save(proto, source, save_as_external_data=True, location="tap.data")
             self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
-        except Exception as e:  # noqa: BLE001 - ORT raises several unrelated types; one message for all
+        except Exception as e:
             raise InputError(f"ONNX Runtime cannot run the model for calibration: {first_line(e)}") from e
         return self
 
@@ -154,7 +154,7 @@ class _TensorTap:
             if self.tapped:
                 try:
                     outs = self.session.run(self.tapped, feeds)
-                except Exception as e:  # noqa: BLE001
+                except Exception as e:
                     raise InputError(f"{data.source}: ONNX Runtime failed on the calibration data: {first_line(e)}") from e
                 values.update(zip(self.tapped, outs))
             yield {k: np.asarray(v, dtype=np.float32) for k, v in values.items()}

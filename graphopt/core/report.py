@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["Report", "render", "render_inspect", "to_markdown", "human_bytes"]
+__all__ = ["Report", "render", "render_inspect", "render_verification", "to_markdown", "human_bytes", "jsonable"]
 
 import dataclasses
 import json
@@ -56,10 +56,10 @@ class Report:
         }
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, default=_jsonable)
+        return json.dumps(self.to_dict(), indent=2, default=jsonable)
 
 
-def _jsonable(obj):
+def jsonable(obj):
     if hasattr(obj, "item"):
         return obj.item()
     if isinstance(obj, float):
@@ -128,7 +128,7 @@ def render(report: Report, console: Console | None = None) -> None:
             f"{op} {b['op_histogram'].get(op, 0)}->{a['op_histogram'].get(op, 0)}" for op in changed_ops))
     for name, section in report.sections.items():
         _render_section(console, name, section)
-    _render_verification(console, report.verification)
+    render_verification(console, report.verification)
     for w in report.warnings:
         console.print(f"[yellow]warning:[/yellow] {w}")
     if report.output:
@@ -141,7 +141,7 @@ def _render_section(console: Console, name: str, section: dict) -> None:
     table.add_column("")
     for key, value in section.items():
         if isinstance(value, (list, dict)):
-            value = json.dumps(value, default=_jsonable)
+            value = json.dumps(value, default=jsonable)
             if len(value) > 200:
                 value = value[:197] + "..."
         elif isinstance(value, float):
@@ -150,7 +150,7 @@ def _render_section(console: Console, name: str, section: dict) -> None:
     console.print(table)
 
 
-def _render_verification(console: Console, v: VerifyResult | None) -> None:
+def render_verification(console: Console, v: VerifyResult | None) -> None:
     if v is None:
         console.print("verification: [yellow]off[/yellow]")
         return
@@ -223,5 +223,5 @@ def to_markdown(report: Report) -> str:
                   + (f": {'; '.join(filter(None, [i.get('why'), i.get('values')]))}" if i.get("why") or i.get("values")
                      else "") for n, i in v.inputs.items()]
     for name, section in report.sections.items():
-        lines += ["", f"## {name}", "", "```json", json.dumps(section, indent=2, default=_jsonable), "```"]
+        lines += ["", f"## {name}", "", "```json", json.dumps(section, indent=2, default=jsonable), "```"]
     return "\n".join(lines) + "\n"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 __all__ = [
     "OutputCheck", "VerifyResult", "Reference", "verify", "reference", "check", "make_inputs", "plan_inputs",
-    "runnable_inputs", "check_data", "shapes_of", "model_ir", "run_model", "parse_shape", "load_npz",
+    "runnable_inputs", "check_data", "shapes_of", "model_ir", "run_model", "parse_shape", "load_npz", "ort_session",
 ]
 
 import contextlib
@@ -106,7 +106,7 @@ def _session_source(model, workdir: pathlib.Path, tag: str):
         raise UsageError(f"cannot run {type(model).__name__} in ONNX Runtime")
 
 
-def _session(source, providers=None, optimize=False) -> ort.InferenceSession:
+def ort_session(source, providers=None, optimize=False) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.log_severity_level = 4  # errors reach the user as one line, not ORT's log
     if not optimize:
@@ -180,7 +180,7 @@ def runnable_inputs(model, shapes: dict[str, list[int]] | None = None, data: dic
     plan = plan_inputs(model, shapes, data, seed)
     with tempfile.TemporaryDirectory(prefix="graphopt-run-") as tmp, \
             _session_source(model, pathlib.Path(tmp), "model") as source:
-        session = _session(source, providers)
+        session = ort_session(source, providers)
         wanted = [o.name for o in session.get_outputs()]
         plan, feeds, _ = first_runnable(plan, lambda f: session.run(wanted, f))
         return plan, feeds
@@ -191,7 +191,7 @@ def run_model(model, feeds: dict[str, np.ndarray] | None = None, shapes=None, pr
     """Run one model; return (feeds used, outputs by name). Without feeds: the input model's."""
     with tempfile.TemporaryDirectory(prefix="graphopt-run-") as tmp, \
             _session_source(model, pathlib.Path(tmp), "model") as source:
-        session = _session(source, providers, optimize)
+        session = ort_session(source, providers, optimize)
         names = [o.name for o in session.get_outputs()]
         if feeds is None:
             _, feeds, outs = first_runnable(plan_inputs(model, shapes), lambda f: session.run(names, f))
@@ -220,7 +220,7 @@ class Reference:
     def outputs_at_default_level(self) -> dict[str, np.ndarray]:
         with tempfile.TemporaryDirectory(prefix="graphopt-verify-") as tmp, \
                 _session_source(self.source, pathlib.Path(tmp), "original") as source:
-            session = _session(source, self.providers, optimize=True)
+            session = ort_session(source, self.providers, optimize=True)
             wanted = list(self.outputs)
             return dict(zip(wanted, session.run(wanted, self.feeds)))
 
@@ -237,7 +237,7 @@ def reference(original, *, shapes: dict[str, list[int]] | None = None, data: dic
     with tempfile.TemporaryDirectory(prefix="graphopt-verify-") as tmp:
         try:
             with _session_source(original, pathlib.Path(tmp), "original") as source:
-                session = _session(source, providers)
+                session = ort_session(source, providers)
                 wanted = outputs or [o.name for o in session.get_outputs()]
                 plan, feeds, got = first_runnable(plan, lambda f: session.run(wanted, f))
                 return Reference(feeds, dict(zip(wanted, got)), _nondeterministic_ops(source), inputs=plan,
@@ -283,7 +283,7 @@ def check(ref: Reference, optimized, *, rtol: float = RTOL, atol: float = ATOL, 
             for level in levels:
                 where = "" if level == "disabled" else " at ORT's default optimization level"
                 try:
-                    session = _session(source, providers, optimize=LEVELS[level])
+                    session = ort_session(source, providers, optimize=LEVELS[level])
                     got = dict(zip(wanted, session.run(wanted, ref.feeds)))
                     del session
                 except Exception as e:  # noqa: BLE001 - any ORT failure on our output is a failed verification

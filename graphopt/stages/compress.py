@@ -376,7 +376,9 @@ def _budget_detail(result, share: float | None) -> dict:
 
 
 def _figures(before: dict, after: dict) -> dict:
-    ratio = (lambda a, b: round(b / a, 4) if a else None)
+    def ratio(a, b):
+        return round(b / a, 4) if a else None
+
     return {"macs": {"before": before["macs"], "after": after["macs"]},
             "macs_ratio": ratio(before["macs"], after["macs"]),
             "parameters": {"before": before["parameters"], "after": after["parameters"]},

@@ -66,7 +66,7 @@ class UpgradeOpsetPass(ir.passes.InPlacePass):
             _restore(model, stash)
         try:
             converted = onnx.version_converter.convert_version(proto, self.target)
-        except Exception as e:  # noqa: BLE001 - the converter raises RuntimeError, ConvertError, ValidationError
+        except Exception as e:
             raise OpsetConversionError(_blocked_message(model, current, self.target, e)) from e
         new = ir.serde.deserialize_model(converted)
         _restore(new, stash)

@@ -38,7 +38,8 @@ import onnx_ir as ir
 
 from graphopt.core.abtest import conclusive, faster, time_pair
 from graphopt.core.bench import paired_ratio, resolve_provider
-from graphopt.passes.fusion.fuse_parallel import Candidate, _const_nodes, apply_all, apply_candidate, find_candidates
+from graphopt.passes.fusion._fuse_parallel_candidates import Candidate, apply_all, constant_closure, find_candidates
+from graphopt.passes.fusion._fuse_parallel_rewrite import apply_candidate
 
 logger = logging.getLogger(__name__)
 
@@ -137,7 +138,7 @@ def _consumers(cand: Candidate, env: dict[str, int]) -> list[ir.Node]:
                 continue
             ok = True
             for inp in node.inputs:
-                if inp is None or id(inp) in finals or _const_nodes(inp) is not None:
+                if inp is None or id(inp) in finals or constant_closure(inp) is not None:
                     continue
                 dims, _ = concrete(inp.shape, env)
                 if dims is None or inp.dtype is None or not inp.dtype.is_floating_point():
@@ -175,7 +176,7 @@ def extract(model: ir.Model, cand: Candidate, env: dict[str, int]) -> tuple[onnx
         for inp in node.inputs:
             if inp is None or id(inp) in inside or inp.name in initializers or inp.name in graph_inputs:
                 continue
-            closure = _const_nodes(inp)
+            closure = constant_closure(inp)
             if closure is None:
                 graph_inputs[inp.name] = inp
                 continue

@@ -338,7 +338,7 @@ def test_measured_path_fuses_a_clearly_paying_candidate():
 
     The only test that depends on timing: the machine may be loaded, so it gets three tries
     (each a fresh measurement) before it fails."""
-    for attempt in range(3):
+    for _attempt in range(3):
         fpd.clear_cache()
         model = heads()
         before = copy(model)

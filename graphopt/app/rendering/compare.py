@@ -70,15 +70,15 @@ def _rows(result: CompareResult) -> dict[str, list[tuple[str, list[str]]]]:
     if result.optimized:
         agreement.append(("optimized", [_agree_text(o.agreement) for o in opt]))
         agreement.append(("verify vs own export", [o.verification or "-" for o in opt]))
-    patterns = [(k, [_arrow(m.leftovers[k], get(o, lambda x: x.leftovers[k])) for m, o in zip(exp, opt)])
+    patterns = [(k, [_arrow(m.leftovers[k], get(o, lambda x, k=k: x.leftovers[k])) for m, o in zip(exp, opt)])
                 for k in exp[0].leftovers]
     totals: collections.Counter = collections.Counter()
     for m in exp:
         totals.update(m.op_histogram)
-    ops = [(op, [_arrow(m.op_histogram.get(op, 0), get(o, lambda x: x.op_histogram.get(op, 0)))
+    ops = [(op, [_arrow(m.op_histogram.get(op, 0), get(o, lambda x, op=op: x.op_histogram.get(op, 0)))
                  for m, o in zip(exp, opt)]) for op, _ in totals.most_common()]
     extra = sorted({op for o in opt if o is not None for op in o.op_histogram} - set(totals))
-    ops += [(op, [_arrow(0, get(o, lambda x: x.op_histogram.get(op, 0))) for o in opt]) for op in extra]
+    ops += [(op, [_arrow(0, get(o, lambda x, op=op: x.op_histogram.get(op, 0))) for o in opt]) for op in extra]
     return {"summary": summary, f"outputs vs {exp[0].name}": agreement, "patterns left by the exporter": patterns,
             "op histogram": ops}
 
