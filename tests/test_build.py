@@ -296,7 +296,7 @@ def _fail_verification(monkeypatch):
     def check(*args, **kwargs):
         return VerifyResult("failed", [OutputCheck("y", False, 0.5, 0.25)])
 
-    monkeypatch.setattr("graphopt.app.api.verify_check", check)
+    monkeypatch.setattr("graphopt.stages.lossless.verify_check", check)
 
 
 def test_verification_failure_is_not_written_unless_forced(project, monkeypatch, capsys):

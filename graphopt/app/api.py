@@ -4,32 +4,28 @@ from __future__ import annotations
 
 __all__ = ["OptimizeResult", "optimize", "inspect"]
 
-import concurrent.futures
-import logging
+import importlib
+import inspect as _inspect_module
 import numbers
 import os
 import pathlib
-import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
-import numpy as np
 import onnx
 import onnx_ir as ir
 
+from graphopt.app.options import from_keywords, signature
 from graphopt.core import io
-from graphopt.core.errors import UsageError
 from graphopt.core.analysis import analyze
-from graphopt.core.pipeline import PassOptions, Pipeline, select
+from graphopt.core.errors import UsageError
 from graphopt.core.report import Report
-from graphopt.core.verify import (
-    RTOL, ATOL, VerifyResult, check as verify_check, load_npz, plan_inputs, reference as verify_reference,
-)
+from graphopt.core.verify import load_npz, plan_inputs
+from graphopt.stages.context import Context
 
-logger = logging.getLogger(__name__)
-
-# Largest model whose reference run overlaps the passes (both copies are resident meanwhile).
-_OVERLAP_MAX_BYTES = 512 << 20
+# The stages of optimize(), in order (graphopt.stages.<name>.run(model, ctx) -> model), each with the
+# settings group that asks for it (None: always). A stage not asked for is not even imported.
+STAGES = (("lossless", None), ("compress", "compress"), ("quantize", "quantize"), ("bench", "target"))
 
 
 class OptimizeResult:
@@ -94,210 +90,81 @@ def _protected_paths(source, model: ir.Model) -> set[pathlib.Path]:
     return {pathlib.Path(source).resolve(), *io.external_data_paths(model)}
 
 
-def optimize(
-    model,
-    *,
-    level: int | None = None,
-    passes: Sequence[str] | None = None,
-    skip: Sequence[str] = (),
-    outputs: Sequence[str] | None = None,
-    shapes: dict[str, list[int]] | None = None,
-    inputs: str | os.PathLike | dict[str, np.ndarray] | None = None,
-    verify: bool = True,
-    inference: bool = False,
-    target_opset: int | None = None,
-    rtol: float = RTOL,
-    atol: float = ATOL,
-    fold_limit_mb: float = 1.0,
-    keep_initializer_inputs: bool = False,
-    provider: str = "cpu",
-    threads: int | None = None,
-    measure: bool = True,
-    bench: bool = False,
-    bench_runs: int = 30,
-    quantize: str | None = None,
-    calibration=None,
-    eval=None,  # noqa: A002 - the public name mirrors --eval
-    max_accuracy_drop: float | None = None,
-    calibration_method: str = "minmax",
-    calibration_samples: int | None = None,
-    preprocess: str | None = None,
-    keep_io_types: bool = True,
-    int8_scheme: str = "auto",
-    keep_float: Sequence[str] = (),
-    eval_output: str | None = None,
-    quantize_measure: bool = True,
-    sparsity: float | None = None,
-    structured: bool = False,
-    sparsity_pattern: str | None = None,
-    low_rank: float | str | None = None,
-    sparsity_scope: str = "layer",
-    prune_criterion: str = "l1",
-    channel_multiple: int = 8,
-    sparse_format: str = "ort",
-    progress: Callable[[str], None] | None = None,
-) -> OptimizeResult:
+def optimize(model, *, progress: Callable[[str], None] | None = None, **settings) -> OptimizeResult:
     """Optimize a model (path, onnx.ModelProto or ir.Model); the source is never modified.
 
-    `level` picks a named pipeline (0 none, 1 clean-up, 2 clean-up + vertical fusion);
-    `passes` replaces it with an explicit list and `skip` removes names from either.
-    With `verify`, the result is run against the original in ONNX Runtime; the verdict
-    is in `result.report.verification` (the caller decides whether a failure is fatal).
-    With `quantize` ("int8", "int8-dynamic", "fp16") a lossy stage runs after the lossless
-    pipeline and its verification: `calibration` and `eval` data (.npz, folder, dict or
-    "random"), `max_accuracy_drop` in points (layers go back to float until it holds, else
-    BudgetError), figures in `result.report.sections["quantization"]`.
+    The keywords are the settings of `graphopt.app.options` (the same as `graphopt optimize`'s
+    options and graphopt.toml's keys; `inspect.signature(optimize)` lists them with their
+    defaults). `level` picks a named pipeline (0 none, 1 clean-up, 2 clean-up + vertical fusion,
+    3 + measured horizontal fusion); `passes` replaces it with an explicit list and `skip`
+    removes names from either. With `verify`, the result is run against the original in ONNX
+    Runtime; the verdict is in `result.report.verification` (the caller decides whether a
+    failure is fatal).
+    The stages, in order (`graphopt.stages`): lossless (the pipeline and its verification);
+    compress (`sparsity`, `structured`, `sparsity_pattern`, `low_rank`; zeroed weights saved as
+    sparse_initializer, `sparse_format`); quantize (`quantize` "int8", "int8-dynamic" or "fp16" with
+    `calibration` and `eval` data: .npz, folder, dict or "random"); bench (`bench`: original and
+    final model timed side by side, ratios in `result.report.sections["bench"]`). The lossy stages
+    share `max_accuracy_drop` (points; layers go back to float until it holds, else BudgetError)
+    and report in `result.report.sections["compression"]` and `["quantization"]`.
     `provider`/`threads` are the ORT target that measuring steps (level 3's fuse_parallel,
-    int8's placement by speed) time candidates on, `measure=False` gives them a cost model
-    (fusion) or quantizes every layer it can (int8) instead; with `bench`, the
-    original and optimized models are timed side by side on that target and the ratios go
-    to `result.report.sections["bench"]`.
-    Compression runs before quantization, on the same data and budget (graphopt/stages/compress.py):
-    `sparsity` (magnitude pruning, `sparsity_scope` "layer" or "global"; with `structured`,
-    that share of channels is removed, by `prune_criterion` "l1", "l2" or "bn", kept counts
-    rounded to `channel_multiple`), `sparsity_pattern` ("2:4"), `low_rank` (energy 0.95, or
-    "rank:0.25"); zeroed weights are saved as sparse_initializer (`sparse_format` "ort" or
-    "onnx"); figures in `result.report.sections["compression"]`.
+    int8's placement by speed) time candidates on; `measure=False` gives them a cost model
+    (fusion) or quantizes every layer it can (int8) instead.
     """
-    from graphopt.passes import DEFAULT_LEVEL, OPTION_PASSES, REGISTRY, level_names  # the one place the engine meets the passes
+    ctx = _load(model, from_keywords(settings), progress)
+    working = ctx.input_model
+    for name, group in STAGES:
+        if group is None or getattr(ctx.options, group).requested:
+            working = importlib.import_module(f"graphopt.stages.{name}").run(working, ctx)
+    return _result(working, ctx)
+
+
+optimize.__signature__ = signature(
+    _inspect_module.Parameter("model", _inspect_module.Parameter.POSITIONAL_OR_KEYWORD),
+    _inspect_module.Parameter("progress", _inspect_module.Parameter.KEYWORD_ONLY, default=None,
+                      annotation="Callable[[str], None] | None"))
+
+
+def _load(model, options, progress) -> Context:
+    """Checks that need no model, then the model, its files and its input model."""
     from graphopt.core.bench import resolve_provider
 
-    resolve_provider(provider)  # an unknown or uninstalled provider fails before any work
-    _check_values(rtol=rtol, atol=atol, fold_limit_mb=fold_limit_mb, threads=threads, shapes=shapes,
-                  calibration_samples=calibration_samples)
-
-    start = time.perf_counter()
-    level = DEFAULT_LEVEL if level is None and not passes else level
-    specs = select(REGISTRY, level_names(level) if level is not None else [], passes, skip)
-    options = PassOptions(outputs=list(outputs) if outputs else None,
-                          fold_limit_bytes=int(fold_limit_mb * (1 << 20)),
-                          shapes=dict(shapes or {}), keep_initializer_inputs=keep_initializer_inputs,
-                          inference=inference, target_opset=target_opset)
-    # --target-opset and --shape act whatever the level: their passes go first, in that order.
-    specs = [REGISTRY[n] for n, wanted in OPTION_PASSES.items()
-             if wanted(options) and n not in skip and n not in {s.name for s in specs}] + specs
-    options.extra.update(provider=provider, threads=threads, measure=measure)
-    working = io.load(model)
-    protect = _protected_paths(model, working)
-    file_before = _source_bytes(model, working)
-    data = load_npz(inputs) if isinstance(inputs, (str, os.PathLike)) else inputs
+    resolve_provider(options.target.provider)  # an unknown or uninstalled provider fails before any work
+    p, v, q = options.pipeline, options.verify, options.quantize
+    _check_values(rtol=v.rtol, atol=v.atol, fold_limit_mb=p.fold_limit_mb, threads=options.target.threads,
+                  shapes=p.shapes, calibration_samples=q.calibration_samples)
+    ctx = Context(model, options, progress)
+    ctx.input_model = io.load(model)
+    ctx.protect = _protected_paths(model, ctx.input_model)
+    ctx.file_bytes_before = _source_bytes(model, ctx.input_model)
+    data = load_npz(v.inputs) if isinstance(v.inputs, (str, os.PathLike)) else v.inputs
     # What every run of the model uses (verification, measurements, random calibration data):
     # planned on the model as given, before any pass changes it.
-    plan = plan_inputs(working, shapes, data)
-    options.inputs = plan
-    # The original's reference run needs nothing from the passes: it runs on the other core
-    # meanwhile (ORT reads the file and releases the GIL). Only from a path (an in-memory
-    # source may share lazily loaded tensors with `working`), never for big models (which
-    # must not be held twice).
-    background = None
-    if (verify and not inference and isinstance(model, (str, os.PathLike))
-            and io.model_size_bytes(working) <= _OVERLAP_MAX_BYTES):
-        background = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="graphopt-reference")
-        reference_run = background.submit(verify_reference, model, outputs=list(outputs) if outputs else None,
-                                          plan=plan)
-        background.shutdown(wait=False)
-    before = analyze(working)
-    try:
-        result = Pipeline(specs, options).run(working, progress=progress)
-    except BaseException:
-        if background is not None:
-            reference_run.cancel() or reference_run.exception()  # let the thread finish before the error leaves
-        raise
+    ctx.plan = plan_inputs(ctx.input_model, p.shapes, data)
+    ctx.budget = q.max_accuracy_drop
+    return ctx
 
-    file_after = None
-    verification: VerifyResult | None = None
-    baseline = model
-    if inference and verify:
-        # --inference changes outputs on purpose: compare with the original converted the same way.
-        baseline = io.load(model)
-        quiet = logging.getLogger("graphopt.passes.cleanup.training_leftovers")  # the pipeline has already warned
-        level = quiet.level
-        quiet.setLevel(logging.ERROR)
-        try:
-            REGISTRY["training_leftovers"].factory(PassOptions(inference=True))(baseline)
-        finally:
-            quiet.setLevel(level)
-    # Staged in a private directory of the temp dir; save() moves it to where the user wants it.
-    staged = io.stage_scratch(working)
-    file_after = sum(t.stat().st_size for t in staged.path.parent.iterdir())
-    if verify and progress:
-        progress("verify")
-    if background is not None:  # the check runs in ORT while the result is analyzed here
-        checking = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="graphopt-check")
-        check_run = checking.submit(lambda: verify_check(reference_run.result(), staged.path, rtol=rtol, atol=atol))
-        checking.shutdown(wait=False)
-        try:
-            after = analyze(working)
-        finally:
-            verification = check_run.result()
-        plan = reference_run.result().inputs or plan
-    else:
-        after = analyze(working)
-        if verify:
-            ref = verify_reference(baseline, outputs=list(outputs) if outputs else None, plan=plan)
-            verification = verify_check(ref, staged.path, rtol=rtol, atol=atol)
-            plan = ref.inputs or plan
-            del ref
-    warnings = []
-    if verification is not None and verification.status == "skipped":
-        warnings.append(f"not verified: {verification.reason}")
-    warnings += _training_warnings(result.stats, inference)
-    lossy_section = compressed = None
-    budget = max_accuracy_drop
-    compress = sparsity is not None or sparsity_pattern or low_rank is not None
-    if compress and verification is not None and verification.status == "failed":
-        warnings.append("compression skipped: the lossless result failed verification")
-    elif compress:
-        from graphopt.stages.compress import CompressOptions, run_compress, saved_bytes
 
-        compressed = run_compress(working, CompressOptions(
-            sparsity=sparsity, structured=structured, sparsity_pattern=sparsity_pattern, low_rank=low_rank,
-            sparsity_scope=sparsity_scope, prune_criterion=prune_criterion, channel_multiple=channel_multiple,
-            sparse_format=sparse_format, eval=eval, calibration=calibration, max_accuracy_drop=max_accuracy_drop,
-            later_steps=int(bool(quantize)), eval_output=eval_output, preprocess=preprocess, shapes=shapes, inputs=plan,
-            bn_source=model, measure=quantize_measure, provider=provider, threads=threads), progress=progress)
-        working, after, file_after = compressed.model, analyze(compressed.model), compressed.section["file_bytes"]
-        warnings.extend(compressed.warnings)
-        if budget is not None and compressed.drop is not None:  # quantization gets what is left
-            budget = max(0.0, budget - compressed.drop)
-    if quantize:
-        working, after, file_after, lossy_section = _lossy_stage(
-            working, after, file_after, verification, warnings, progress, mode=quantize, calibration=calibration,
-            eval=eval, max_accuracy_drop=budget, calibration_method=calibration_method,
-            calibration_samples=calibration_samples, preprocess=preprocess, keep_io_types=keep_io_types,
-            int8_scheme=int8_scheme, keep_float=tuple(keep_float), eval_output=eval_output, shapes=shapes, inputs=plan,
-            measure=quantize_measure, place_for_speed=measure, provider=provider, threads=threads)
-        if compressed is not None and lossy_section is not None:
-            compressed.score_final(working)
-            if compressed.sparse_format:
-                file_after = saved_bytes(working, compressed.sparse_format)
-    warnings += _collapse_warning(compressed and compressed.section, lossy_section, max_accuracy_drop)
-    bench_section = None
-    if bench:  # the final model (after any lossy stage) against the original, on the target provider
-        if progress:
-            progress("bench")
-        bench_section = _bench_section(model, working, provider, threads, plan.feeds(), bench_runs)
+_SECTION_ORDER = ("fuse_parallel", "bench", "compression", "quantization")
+
+
+def _result(working: ir.Model, ctx: Context) -> OptimizeResult:
+    ctx.warnings += _collapse_warning(ctx.sections.get("compression"), ctx.sections.get("quantization"),
+                                      ctx.options.quantize.max_accuracy_drop)
+    source = ctx.source
     report = Report(
-        source=str(model) if isinstance(model, (str, os.PathLike)) else type(model).__name__,
-        level=level, passes=result.stats, iterations=result.iterations,
-        before=before, after=after, file_bytes_before=file_before, file_bytes_after=file_after,
-        verification=verification, seconds=time.perf_counter() - start, warnings=warnings,
+        source=str(source) if isinstance(source, (str, os.PathLike)) else type(source).__name__,
+        level=ctx.level, passes=ctx.passes, iterations=ctx.iterations,
+        before=ctx.before, after=ctx.after, file_bytes_before=ctx.file_bytes_before,
+        file_bytes_after=ctx.file_bytes_after, verification=ctx.verification,
+        seconds=time.perf_counter() - ctx.start, warnings=ctx.warnings,
+        sections={k: ctx.sections[k] for k in sorted(ctx.sections, key=_SECTION_ORDER.index)},
     )
-    if options.extra.get("fuse_parallel"):  # every horizontal-fusion candidate, its gain and verdict
-        keys = ("decision", "gain", "ms_separate", "ms_fused", "method", "detail", "whole_model")
-        report.sections["fuse_parallel"] = {c["candidate"]: {k: c[k] for k in keys if c.get(k) is not None}
-                                            for c in options.extra["fuse_parallel"]}
-    if bench_section is not None:
-        report.sections["bench"] = bench_section
-    if compressed is not None:
-        report.sections["compression"] = compressed.section
-    if lossy_section is not None:
-        report.sections["quantization"] = lossy_section
-    if compressed is not None or lossy_section is not None:
+    staged = ctx.staged
+    if "compression" in ctx.sections or "quantization" in ctx.sections:
         staged.discard()  # the lossy stages changed the model after it was staged
         staged = None
-    return OptimizeResult(working, report, protect, sparse_format=compressed and compressed.sparse_format,
-                          staged=staged)
+    return OptimizeResult(working, report, ctx.protect, sparse_format=ctx.sparse_format, staged=staged)
 
 
 _COLLAPSE_POINTS = 1.0
@@ -334,74 +201,6 @@ def _check_values(*, rtol, atol, fold_limit_mb, threads, shapes, calibration_sam
     for name, dims in (shapes or {}).items():
         if any(isinstance(d, bool) or not isinstance(d, numbers.Integral) or not 0 <= d <= MAX_DIM for d in dims):
             raise UsageError(f"--shape {name}={'x'.join(map(str, dims))}: each dim must be an integer 0..{MAX_DIM}")
-
-
-def _bench_section(original, optimized: ir.Model, provider: str, threads: int | None, feeds: dict,
-                   runs: int) -> dict:
-    """Original vs optimized, interleaved in one process: ratios (optimized / original) and figures."""
-    from graphopt.core.bench import bench
-    from graphopt.core.machine import describe_cpu
-
-    result = bench([original, optimized], provider=provider, threads=threads, inputs=feeds,
-                    runs=runs, warmup=3, init_repeats=2, names=["original", "optimized"])
-    base, opt = result.models
-
-    def pair(get, digits=4):
-        values = {m.name: get(m) for m in (base, opt)}
-        return {k: (round(v, digits) if isinstance(v, float) else v) for k, v in values.items()}
-
-    def where(m):
-        return "; ".join(f"{p} {sum(ops.values())} nodes" for p, ops in m.placement.items())
-
-    section = {
-        "provider": ", ".join(result.providers), "threads": threads or "ORT default", "runs": runs,
-        "cpu": describe_cpu(result.environment), "inputs": result.inputs,
-        "latency_ratio": round(opt.ratios["latency_p50"], 4),
-        "latency_paired_ratio": round(opt.ratios["paired_median"], 4),
-        "latency_paired_ci95": [round(x, 4) for x in opt.ratios["paired_ci95"]],
-        "latency_p50_ms": pair(lambda m: m.latency_ms["p50"]),
-        "memory_ratio": None if opt.ratios["peak_memory"] is None else round(opt.ratios["peak_memory"], 4),
-        "peak_rss_bytes": pair(lambda m: m.memory.get("peak_bytes")),
-        "session_create_ratio": round(opt.ratios["session_create"], 4),
-        "session_create_ms": pair(lambda m: m.session_create_ms, 2),
-        "placement": pair(where),
-    }
-    if result.warnings:
-        section["notes"] = result.warnings
-    return section
-
-
-def _training_warnings(stats, inference: bool) -> list[str]:
-    counters = next((s.counters for s in stats if s.name == "training_leftovers"), {})
-    found = {k: counters.get(k, 0) for k in ("batchnorm_training", "dropout_training")}
-    if not any(found.values()):
-        return []
-    what = f"{found['batchnorm_training']} BatchNormalization(training_mode=1), {found['dropout_training']} training Dropout"
-    if not inference:
-        return [f"exported in training mode: {what}; outputs are batch-dependent or random. Re-export in eval "
-                "mode or use --inference"]
-    kept = counters.get("batchnorm_training_kept", 0)
-    note = f" ({kept} BatchNormalization kept: their batch statistics are used)" if kept else ""
-    return [f"--inference converted {what} to inference form{note}; verified against the original converted "
-            "the same way"]
-
-
-def _lossy_stage(working: ir.Model, after: dict, file_after: int | None, verification, warnings: list[str], progress,
-                 **settings):
-    """Quantize or convert to fp16 after the lossless pipeline; returns (model, after, file bytes, section)."""
-    from graphopt.stages.quantize import LossyOptions, run_lossy
-
-    if verification is not None and verification.status == "failed":
-        warnings.append(f"--quantize {settings['mode']} skipped: the lossless result failed verification")
-        return working, after, file_after, None
-    if progress:
-        progress(f"quantize {settings['mode']}")
-    lossy = run_lossy(working, LossyOptions(**settings), progress=progress)
-    warnings.extend(lossy.warnings)
-    with tempfile.TemporaryDirectory(prefix="graphopt-lossy-") as tmp:
-        written = io.save(lossy.model, pathlib.Path(tmp) / "lossy.onnx")
-        size = sum(p.stat().st_size for p in written)
-    return lossy.model, analyze(lossy.model), size, lossy.section
 
 
 def inspect(model) -> dict:

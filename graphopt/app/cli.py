@@ -6,6 +6,7 @@ usage, 3 internal error. Errors are one line on stderr, never a traceback (unles
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -53,93 +54,54 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks and
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
-@app.command()
-def optimize(
-    model: pathlib.Path = typer.Argument(..., help="Input .onnx file (never overwritten)."),
-    output: Optional[pathlib.Path] = typer.Option(None, "-o", "--output", help="Output path [default: IN.opt.onnx]."),
-    level: Optional[int] = typer.Option(None, "--level", "-O",
-                                        help="0 none, 1 clean-up, 2 + vertical fusion [2], 3 + measured horizontal fusion."),
-    passes: Optional[str] = typer.Option(None, "--passes", help="Comma-separated pass list replacing the level's."),
-    skip: Optional[str] = typer.Option(None, "--skip", help="Comma-separated passes to leave out."),
-    outputs: Optional[str] = typer.Option(None, "--outputs", help="Keep only these graph outputs (comma-separated)."),
-    shape: Optional[list[str]] = typer.Option(
-        None, "--shape", help="Fix input dims in the model, NAME=1x3x224x224 (repeatable); also the verification shape."),
-    inputs: Optional[pathlib.Path] = typer.Option(None, "--inputs", help=".npz with one array per graph input."),
-    verify: bool = typer.Option(True, "--verify/--no-verify", help="Compare outputs with the original in ORT."),
-    force: bool = typer.Option(False, "--force", help="Write the output even if verification fails."),
-    require_verified: bool = typer.Option(False, "--require-verified",
-                                          help="Fail (exit 1, nothing written) when the model cannot be verified, "
-                                               "e.g. ONNX Runtime cannot run the original on any input tried."),
-    rtol: float = typer.Option(1e-3, "--rtol"),
-    atol: float = typer.Option(1e-4, "--atol", help="Absolute tolerance, scaled by max(1, |output|)."),
-    fold_limit: float = typer.Option(1.0, "--fold-limit", help="Largest constant folding may create, in MB."),
-    keep_initializer_inputs: bool = typer.Option(False, "--keep-initializer-inputs",
-                                                 help="Keep weights that are listed as graph inputs overridable."),
-    inference: bool = typer.Option(False, "--inference",
-                                   help="Convert training-mode Dropout/BatchNormalization to inference form "
-                                        "(changes outputs; verified against the original converted alike)."),
-    target_opset: Optional[int] = typer.Option(None, "--target-opset",
-                                               help="Convert to this default-domain opset first (onnx version "
-                                                    "converter); fails naming the ops that block it."),
-    provider: str = typer.Option("cpu", "--provider",
-                                 help="ORT execution provider to measure on: cpu|cuda|tensorrt|openvino|dml|coreml."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="ORT intra-op threads when measuring [ORT default]."),
-    measure: bool = typer.Option(True, "--measure/--no-measure",
-                                 help="Time candidate rewrites in ORT on the target: level-3 fusions (else a "
-                                      "cost model), int8 layers kept float where that runs faster (else all int8)."),
-    bench: bool = typer.Option(False, "--bench", help="Time original vs optimized in ORT; ratios go to the report."),
-    quantize: Optional[str] = typer.Option(None, "--quantize", "-q",
-                                           help="Lossy stage after the lossless passes: int8 | int8-dynamic | fp16."),
-    calibration: Optional[str] = typer.Option(None, "--calibration",
-                                              help="int8 calibration data: .npz (one array per input), folder of "
-                                                   ".npy/.npz/images, or 'random[:N]' (smoke tests only)."),
-    eval_data: Optional[str] = typer.Option(None, "--eval",
-                                            help="Evaluation data (.npz/folder); with 'labels': top-1 accuracy, "
-                                                 "else agreement with the float model."),
-    max_accuracy_drop: Optional[float] = typer.Option(None, "--max-accuracy-drop",
-                                                      help="Budget in points (top-1 or agreement): layers go back "
-                                                           "to float until it holds; exit 1 if it cannot."),
-    calibration_method: str = typer.Option("minmax", "--calibration-method", help="minmax | percentile | entropy."),
-    calibration_samples: Optional[int] = typer.Option(None, "--calibration-samples", help="Use the first N samples."),
-    preprocess: Optional[str] = typer.Option(None, "--preprocess",
-                                             help="Image folders: resize=256,crop=224,mean=a/b/c,std=a/b/c,"
-                                                  "layout=nchw,color=rgb."),
-    keep_io_types: bool = typer.Option(True, "--keep-io-types/--no-keep-io-types",
-                                       help="fp16: keep float32 graph inputs and outputs."),
-    int8_scheme: str = typer.Option("auto", "--int8-scheme",
-                                    help="auto | u8s8 | u8s8-reduced | u8u8 | s8s8 (auto picks for this CPU)."),
-    keep_float: Optional[str] = typer.Option(None, "--keep-float", help="Node names never quantized (comma-separated)."),
-    eval_output: Optional[str] = typer.Option(None, "--eval-output", help="Graph output scored [first output]."),
-    sparsity: Optional[float] = typer.Option(None, "--sparsity",
-                                             help="Prune this share of weights by magnitude (file shrinks; no CPU "
-                                                  "speed-up), or of channels with --structured (FLOPs and latency fall)."),
-    structured: bool = typer.Option(False, "--structured",
-                                    help="With --sparsity: remove whole channels (Conv/Gemm/MatMul outputs and all "
-                                         "that depends on them: residual Adds, Concats, BN, depthwise groups)."),
-    sparsity_pattern: Optional[str] = typer.Option(None, "--sparsity-pattern",
-                                                   help="N:M pattern pruning, e.g. 2:4 (TensorRT sparse tensor cores; "
-                                                        "no CPU speed-up)."),
-    low_rank: Optional[str] = typer.Option(None, "--low-rank",
-                                           help="SVD-factor Gemm/MatMul/Conv where MACs fall: energy kept (0.95) or "
-                                                "rank ratio (rank:0.25)."),
-    sparsity_scope: str = typer.Option("layer", "--sparsity-scope",
-                                       help="Unstructured: layer (each layer to S) | global (one magnitude threshold)."),
-    prune_criterion: str = typer.Option("l1", "--prune-criterion",
-                                        help="Channel importance: l1 | l2 (weight norms) | bn (BatchNorm gamma "
-                                             "of the original model)."),
-    channel_multiple: int = typer.Option(8, "--channel-multiple",
-                                         help="Round kept channel counts to a multiple of this (fast SIMD kernels)."),
-    sparse_format: str = typer.Option("ort", "--sparse-format",
-                                      help="Pruned weights saved as sparse_initializer: ort (narrow indices, "
-                                           "ONNX Runtime only) | onnx (int64 indices, the ONNX spec)."),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
-    report_file: Optional[pathlib.Path] = typer.Option(None, "--report", help="Also write the report (.json or .md)."),
-) -> None:
+# `graphopt optimize`: its options are the settings of the options schema (graphopt.app.options)
+# that say `cli`, plus where the result goes. The kind says how an option's text is read.
+_CLI_TYPES = {"bool": bool, "verify": bool, "int": int, "float": float, "str": str, "number-or-str": str, "list": str,
+              "path": pathlib.Path, "data": str, "shapes": list[str]}
+
+
+def _cli_value(kind: str, value, default):
+    """An option's value as optimize() takes it: comma-separated lists, NAME=DIMS shapes."""
+    if kind == "list":
+        return _csv(value) or default
+    if kind == "shapes":
+        return _shapes(value)
+    return value
+
+
+def _optimize_parameters() -> list[inspect.Parameter]:
+    from graphopt.app.options import fields
+
+    keyword = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    params = [
+        inspect.Parameter("model", keyword, annotation=pathlib.Path,
+                          default=typer.Argument(..., help="Input .onnx file (never overwritten).")),
+        inspect.Parameter("output", keyword, annotation=Optional[pathlib.Path],
+                          default=typer.Option(None, "-o", "--output", help="Output path [default: IN.opt.onnx].")),
+    ]
+    for _, f, spec in fields("cli"):
+        typ = _CLI_TYPES[spec.kind]
+        default = None if spec.kind in ("list", "shapes") else f.default
+        flags = [spec.flag, *([spec.short] if spec.short else [])]
+        params.append(inspect.Parameter(f.name, keyword, annotation=typ if default is not None else Optional[typ],
+                                        default=typer.Option(default, *flags, help=spec.help)))
+    params += [
+        inspect.Parameter("json_out", keyword, annotation=bool,
+                          default=typer.Option(False, "--json", help="Print one JSON object instead of tables.")),
+        inspect.Parameter("report_file", keyword, annotation=Optional[pathlib.Path],
+                          default=typer.Option(None, "--report", help="Also write the report (.json or .md).")),
+    ]
+    return params
+
+
+def optimize(**given) -> None:
     """Optimize MODEL, verify it against the original and write the result."""
     from graphopt.app.api import optimize as run_optimize
+    from graphopt.app.options import fields
     from graphopt.core.io import check_output_path
     from graphopt.core.report import render, to_markdown
 
+    model, output, json_out, report_file = given["model"], given["output"], given["json_out"], given["report_file"]
     out_path = output or _default_output(model)
     if model.exists() and out_path.resolve() == model.resolve():
         raise UsageError(f"{out_path}: output would overwrite the input; choose another path with -o")
@@ -148,22 +110,14 @@ def optimize(
             report_file.resolve() in (model.resolve(), out_path.resolve())
             or (report_file.exists() and os.path.samefile(report_file, model))):
         raise UsageError(f"--report {report_file}: that is the input or the output model; choose another path")
-    compress = dict(sparsity=sparsity, structured=structured, sparsity_pattern=sparsity_pattern, low_rank=low_rank,
-                    sparsity_scope=sparsity_scope, prune_criterion=prune_criterion,
-                    channel_multiple=channel_multiple, sparse_format=sparse_format)
-    lossy = _lossy_kwargs(quantize, calibration, eval_data, max_accuracy_drop, calibration_method,
-                          calibration_samples, preprocess, keep_io_types, int8_scheme, keep_float, eval_output,
-                          compress=sparsity is not None or bool(sparsity_pattern) or low_rank is not None)
-    lossy.update(compress)
-    result = run_optimize(model, **lossy,
-                          level=level, passes=_csv(passes), skip=_csv(skip) or (), outputs=_csv(outputs),
-                          shapes=_shapes(shape), inputs=inputs, verify=verify, rtol=rtol, atol=atol,
-                          fold_limit_mb=fold_limit, keep_initializer_inputs=keep_initializer_inputs,
-                          inference=inference, target_opset=target_opset,
-                          provider=provider, threads=threads, measure=measure, bench=bench)
+    settings = {f.name: _cli_value(spec.kind, given[f.name], f.default) for _, f, spec in fields("api")}
+    _check_lossy_data(settings)
+    force, require_verified = given["force"], given["require_verified"]
+    result = run_optimize(model, **settings)
     report = result.report
     failed = report.verification is not None and report.verification.status == "failed"
-    if require_verified and verify and report.verification is not None and report.verification.status == "skipped":
+    if (require_verified and settings["verify"] and report.verification is not None
+            and report.verification.status == "skipped"):
         failed = True
         report.warnings.append("--require-verified: the model could not be verified")
     if failed and not force:
@@ -187,19 +141,21 @@ def optimize(
         raise typer.Exit(1)
 
 
-def _lossy_kwargs(quantize, calibration, eval_data, max_accuracy_drop, method, samples, preprocess, keep_io_types,
-                  scheme, keep_float, eval_output, compress: bool = False) -> dict:
-    """optimize() keywords of the lossy stage; data paths stay strings ('random' is not a file)."""
-    if quantize is None and not compress:
-        for flag, value in (("--calibration", calibration), ("--eval", eval_data),
-                            ("--max-accuracy-drop", max_accuracy_drop)):
+optimize.__signature__ = inspect.Signature(_optimize_parameters())
+optimize.__annotations__ = {p.name: p.annotation for p in optimize.__signature__.parameters.values()}
+app.command()(optimize)
+
+
+def _check_lossy_data(settings: dict) -> None:
+    """Data and a budget are for the lossy stages: without one of them they are a usage error."""
+    compress = (settings["sparsity"] is not None or bool(settings["sparsity_pattern"])
+                or settings["low_rank"] is not None)
+    if settings["quantize"] is None and not compress:
+        for flag, value in (("--calibration", settings["calibration"]), ("--eval", settings["eval"]),
+                            ("--max-accuracy-drop", settings["max_accuracy_drop"])):
             if value is not None:
                 raise UsageError(f"{flag} needs --quantize int8|int8-dynamic|fp16 (or --sparsity, "
                                  "--sparsity-pattern, --low-rank)")
-    return dict(quantize=quantize, calibration=calibration, eval=eval_data, max_accuracy_drop=max_accuracy_drop,
-                calibration_method=method, calibration_samples=samples, preprocess=preprocess,
-                keep_io_types=keep_io_types, int8_scheme=scheme, keep_float=_csv(keep_float) or (),
-                eval_output=eval_output)
 
 
 @app.command()
@@ -351,18 +307,20 @@ class _progress:
 
 @app.command("passes")
 def list_passes() -> None:
-    """What each pass does, and which levels run it."""
+    """Every pass: its folder, the stage that runs it, the levels it is in, and what it does."""
     from rich.table import Table
+    from rich.text import Text
 
-    from graphopt.passes import LEVELS, REGISTRY
+    from graphopt.passes import LEVELS, OPTION_PASSES, REGISTRY
 
-    table = Table(title="graphopt passes", title_justify="left")
-    table.add_column("pass")
-    table.add_column("levels")
-    table.add_column("what it does")
+    table = Table(title=f"graphopt passes ({len(REGISTRY)})", title_justify="left")
+    for column in ("pass", "kind", "stage", "levels", "what it does"):
+        table.add_column(column)
     for name, spec in REGISTRY.items():
-        levels = ",".join(str(lv) for lv, names in sorted(LEVELS.items()) if name in names) or "opt-in"
-        table.add_row(name, levels, spec.description)
+        levels = ",".join(str(lv) for lv, names in sorted(LEVELS.items()) if name in names)
+        levels = levels or ("by option" if name in OPTION_PASSES else "opt-in")
+        aliases = f" (also: {', '.join(spec.aliases)})" if spec.aliases else ""
+        table.add_row(name, spec.kind, spec.stage, levels, Text(spec.description + aliases))  # text, not markup
     _out.print(table)
 
 

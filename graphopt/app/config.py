@@ -10,8 +10,7 @@
     skip = ["cse"]
 
 A setting is a keyword argument of `graphopt.optimize`, spelled like the long option of
-`graphopt optimize`. `SETTINGS` is the one table that maps the two; tests hold it to
-optimize()'s signature and to the CLI. Precedence: optimize()'s defaults < [defaults] <
+`graphopt optimize`: `SETTINGS` is derived from the one options schema, `graphopt.app.options`. Precedence: optimize()'s defaults < [defaults] <
 [models.NAME] < `graphopt build --set KEY=VALUE`. Every mistake is a `ConfigError`: one
 line with the file, the line number where it can be found, the table, the key and what
 was expected. Turning the checked tables into build targets is `graphopt.app.targets`.
@@ -53,50 +52,17 @@ class Setting:
     default: object = None  # for param=None settings; optimize()'s own default otherwise
 
 
-SETTINGS: tuple[Setting, ...] = (
-    Setting("level", "level", "int", "0 none, 1 clean-up, 2 clean-up + vertical fusion"),
-    Setting("passes", "passes", "list", "pass names replacing the level's list"),
-    Setting("skip", "skip", "list", "pass names to leave out"),
-    Setting("outputs", "outputs", "list", "graph outputs to keep; the others become dead"),
-    Setting("shape", "shapes", "shapes", 'input shapes: {input = [1, 3, 224, 224]} or ["input=1x3x224x224"]'),
-    Setting("inputs", "inputs", "path", ".npz with one array per graph input, for verification"),
-    Setting("verify", "verify", "verify",
-            'compare outputs with the original in ONNX Runtime: true (a model that cannot be run fails the '
-            'build), "optional" (it is built, marked unverified) or false'),
-    Setting("inference", "inference", "bool", "drop training-only leftovers (changes outputs on purpose)"),
-    Setting("target-opset", "target_opset", "int", "convert the model to this opset"),
-    Setting("rtol", "rtol", "float", "relative tolerance of verification"),
-    Setting("atol", "atol", "float", "absolute tolerance, scaled by max(1, |output|)"),
-    Setting("fold-limit", "fold_limit_mb", "float", "largest constant folding may create, in MB"),
-    Setting("keep-initializer-inputs", "keep_initializer_inputs", "bool", "keep weights listed as graph inputs"),
-    Setting("provider", "provider", "str", "ONNX Runtime execution provider measured on: cpu, cuda, ..."),
-    Setting("threads", "threads", "int", "ONNX Runtime threads when measuring"),
-    Setting("measure", "measure", "bool",
-            "time candidate rewrites: level-3 fusions, int8 float placement (false: cost model, all int8)"),
-    Setting("bench", "bench", "bool", "time the original and optimized models side by side"),
-    Setting("bench-runs", "bench_runs", "int", "timed runs per model with bench"),
-    Setting("quantize", "quantize", "str", "lossy stage after the lossless passes: int8 | int8-dynamic | fp16"),
-    Setting("calibration", "calibration", "data", "int8 calibration data: .npz, a folder, or random[:N]"),
-    Setting("eval", "eval", "path", "evaluation data (.npz or folder) for the accuracy drop"),
-    Setting("max-accuracy-drop", "max_accuracy_drop", "float", "accuracy budget in points"),
-    Setting("calibration-method", "calibration_method", "str", "minmax | percentile | entropy"),
-    Setting("calibration-samples", "calibration_samples", "int", "use the first N calibration samples"),
-    Setting("preprocess", "preprocess", "str", "image folders: resize=256,crop=224,mean=a/b/c,..."),
-    Setting("keep-io-types", "keep_io_types", "bool", "fp16: keep float32 graph inputs and outputs"),
-    Setting("int8-scheme", "int8_scheme", "str", "auto | u8s8 | u8s8-reduced | u8u8 | s8s8"),
-    Setting("keep-float", "keep_float", "list", "node names never quantized"),
-    Setting("eval-output", "eval_output", "str", "graph output scored"),
-    Setting("quantize-measure", "quantize_measure", "bool", "measure float-vs-quantized latency and memory for the report"),
-    Setting("sparsity", "sparsity", "float", "share of weights (or, with structured, of channels) to prune"),
-    Setting("structured", "structured", "bool", "prune whole output channels instead of single weights"),
-    Setting("sparsity-pattern", "sparsity_pattern", "str", "N:M pattern pruning such as 2:4"),
-    Setting("low-rank", "low_rank", "number-or-str", 'SVD factorization: energy such as 0.95, or "rank:0.25"'),
-    Setting("sparsity-scope", "sparsity_scope", "str", "layer | global magnitude threshold"),
-    Setting("prune-criterion", "prune_criterion", "str", "channel importance: l1 | l2 | bn"),
-    Setting("channel-multiple", "channel_multiple", "int", "kept channel counts rounded up to this multiple"),
-    Setting("sparse-format", "sparse_format", "str", "sparse_initializer indices: ort (narrow) | onnx (int64)"),
-    Setting("force", None, "bool", "write the output even if verification fails (still exit 1)", False),
-)
+def _settings() -> tuple[Setting, ...]:
+    """The config keys, derived from the options schema (graphopt.app.options): every setting that
+    says `config`, keyed by its long flag, with its optimize() keyword (None: `build` applies it)."""
+    from graphopt.app.options import fields
+
+    return tuple(Setting(spec.key, f.name if "api" in spec.where else None, spec.kind, spec.help,
+                         None if "api" in spec.where else f.default)
+                 for _, f, spec in fields("config"))
+
+
+SETTINGS: tuple[Setting, ...] = _settings()
 MODEL_KEYS = ("source", "output")  # besides the settings; `output` may also be a [defaults] pattern
 _KIND_NAMES = {"bool": "true or false", "verify": 'true, false or "optional"', "int": "an integer", "float": "a number", "str": "a string", "number-or-str": "a number or a string",
                "list": 'an array of strings such as ["a", "b"] (or "a,b")', "path": "a path (a string)",

@@ -214,20 +214,28 @@ def _jsonable(value):
 
 
 def _check_passes(values: dict) -> list[str]:
-    """Level and pass names, checked now rather than when the model's turn comes; the pipeline."""
-    from graphopt.passes import DEFAULT_LEVEL, LEVELS, REGISTRY  # as graphopt.app.api: the build assembles pipelines
+    """Level and pass names, checked now rather than when the model's turn comes; the pipeline
+    optimize() will run (`graphopt.stages.lossless.pipeline_names`, as optimize() picks it)."""
+    from graphopt.core.errors import UsageError
+    from graphopt.core.pipeline import PassOptions
+    from graphopt.passes import ALIASES, LEVELS, REGISTRY
+    from graphopt.stages.lossless import pipeline_names
 
     level = values["level"][0] if "level" in values else None
     if level is not None and level not in LEVELS:
         raise values["level"][1](f"expected one of {', '.join(map(str, sorted(LEVELS)))}, got {level}")
     for key in ("passes", "skip"):
         for name in values.get(key, ([], None))[0]:
-            if name not in REGISTRY:
+            if name not in REGISTRY and name not in ALIASES:
                 raise values[key][1](f"unknown pass {name!r}{suggest(name, REGISTRY)}; `graphopt passes` lists them")
-    chosen = values["passes"][0] if "passes" in values else None  # as optimize(): passes replace the level
-    chosen = chosen or LEVELS[DEFAULT_LEVEL if level is None else level]
-    skip = set(values["skip"][0]) if "skip" in values else set()
-    return [n for n in chosen if n not in skip]
+    passes = values["passes"][0] if "passes" in values else None
+    skip = values["skip"][0] if "skip" in values else ()
+    options = PassOptions(target_opset=values["target-opset"][0] if "target-opset" in values else None,
+                          shapes=values["shape"][0] if "shape" in values else {})
+    try:
+        return pipeline_names(level, passes, skip, options)
+    except UsageError as e:  # a lossy pass named in `passes`
+        raise values["passes"][1](str(e)) from None
 
 
 def _check_outputs(doc: Doc, targets: list[Target], base: pathlib.Path) -> list[Target]:

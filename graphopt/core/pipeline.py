@@ -34,9 +34,11 @@ MAX_ITERATIONS = 8
 
 @dataclasses.dataclass
 class CountedPassResult(ir.passes.PassResult):
-    """A PassResult that carries named counters, e.g. {"batchnorm_folded": 53}."""
+    """A PassResult that carries named counters, e.g. {"batchnorm_folded": 53}, and, for a pass
+    with more to say (fuse_parallel's candidates and verdicts), `details`: its records so far."""
 
     counters: dict[str, int] = dataclasses.field(default_factory=dict)
+    details: list[dict] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -50,14 +52,16 @@ class PassOptions:
     inference: bool = False  # convert training-mode Dropout/BatchNormalization (changes outputs)
     target_opset: int | None = None  # default-domain opset to convert to first
     inputs: object = None  # graphopt.core.inputs.InputModel: the sizes and values passes that measure run at
-    extra: dict[str, object] = dataclasses.field(default_factory=dict)  # options of later passes
+    provider: str = "cpu"  # the ORT target passes that measure (fuse_parallel) time candidates on
+    threads: int | None = None
+    measure: bool = True  # False: such passes use a cost model instead of timing
 
 
 @dataclasses.dataclass(frozen=True)
 class PassSpec:
-    """A named pass: how to build it from options, and what it is for."""
+    """A registry entry: a named pass, how to build it from options, and what it is for."""
 
-    name: str
+    name: str  # the stem of its module, graphopt.passes.<kind>.<name>
     factory: Callable[[PassOptions], ir.passes.PassBase]
     description: str
     # False for passes that annotate rather than rewrite (shape inference): their
@@ -67,6 +71,10 @@ class PassSpec:
     # built nor run (its module, and e.g. onnxscript's rewriter, is not even imported).
     # Empty: always run.
     needs_ops: frozenset[str] = frozenset()
+    kind: str = ""  # its folder: cleanup, shape, fusion, quantize, prune
+    cls: str = ""  # its class in that module
+    stage: str = "lossless"  # lossless (the pipeline), compress or quantize (built by that stage)
+    aliases: tuple[str, ...] = ()  # older names, accepted wherever a pass is named
 
 
 @dataclasses.dataclass
@@ -78,6 +86,7 @@ class PassStats:
     nodes_removed: int = 0
     nodes_added: int = 0
     counters: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    details: list[dict] = dataclasses.field(default_factory=list)  # the last run's, when the pass keeps records
 
     def to_dict(self) -> dict:
         return {
@@ -199,6 +208,7 @@ class Pipeline:
         stat.nodes_removed += len(before - after)
         stat.nodes_added += len(after - before)
         stat.counters.update(getattr(result, "counters", {}) or {})
+        stat.details = list(getattr(result, "details", None) or stat.details)
         return bool(result.modified)
 
 
@@ -210,10 +220,18 @@ class _LoopState:
 
 
 def select(available: dict[str, PassSpec], level_names: Sequence[str],
-           passes: Sequence[str] | None = None, skip: Sequence[str] = ()) -> list[PassSpec]:
-    """Resolve --passes/--skip against the registry: `passes` replaces the level's list."""
-    names = list(passes) if passes else list(level_names)
-    unknown = [n for n in [*names, *skip] if n not in available]
+           passes: Sequence[str] | None = None, skip: Sequence[str] = (),
+           aliases: dict[str, str] | None = None) -> list[PassSpec]:
+    """Resolve --passes/--skip against the registry: `passes` replaces the level's list.
+    `aliases` maps older names to registry names; only lossless passes run in a pipeline."""
+    aliases = aliases or {}
+    names = [aliases.get(n, n) for n in (list(passes) if passes else list(level_names))]
+    skip = {aliases.get(n, n) for n in skip}
+    unknown = [n for n in [*names, *sorted(skip)] if n not in available]
     if unknown:
         raise UsageError(f"unknown pass {unknown[0]!r}; known passes: {', '.join(sorted(available))}")
-    return [available[n] for n in names if n not in set(skip)]
+    lossy = next((available[n] for n in names if available[n].stage != "lossless"), None)
+    if lossy is not None:
+        raise UsageError(f"--passes {lossy.name}: a lossy pass runs in the {lossy.stage} stage, not the pipeline "
+                         f"({lossy.description.split(': ')[0]})")
+    return [available[n] for n in names if n not in skip]

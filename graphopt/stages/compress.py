@@ -23,7 +23,7 @@ pipeline and before quantization, held to the same accuracy budget (`graphopt.co
 
 from __future__ import annotations
 
-__all__ = ["CompressOptions", "CompressResult", "run_compress", "bn_scales", "saved_bytes"]
+__all__ = ["CompressOptions", "CompressResult", "run", "run_compress", "bn_scales", "saved_bytes"]
 
 import dataclasses
 import logging
@@ -41,6 +41,7 @@ from graphopt.core.calibrate import load_data
 from graphopt.core.errors import UsageError
 from graphopt.core.patterns import constant_array, single_consumer
 from graphopt.core.sparse import FORMATS
+from graphopt.passes import resolve
 from graphopt.passes.prune.low_rank import FactorizeLowRankPass, parse_rank_spec, plan_low_rank
 from graphopt.passes.prune.prune_channels import CRITERIA, PruneChannelsPass, keep_count
 from graphopt.passes.prune.prune_groups import analyze_channels
@@ -96,6 +97,10 @@ class CompressResult:
         score = self.evaluator(final)
         self.section["accuracy_after_all_stages"] = round(score.value, 4)
         self.section["accuracy_drop_all_stages"] = round(self.evaluator.baseline.value - score.value, 4)
+
+    def file_bytes(self, final: ir.Model) -> int | None:
+        """The saved size of a later stage's model, with this stage's sparse storage (None: dense)."""
+        return saved_bytes(final, self.sparse_format) if self.sparse_format else None
 
 
 def _check(o: CompressOptions) -> None:
@@ -221,6 +226,10 @@ class _LowRank(_Step):
                 "declined": self.declined}
 
 
+# The compress passes this stage drives, by registry name (graphopt.passes.REGISTRY).
+_STEPS = {"prune_channels": _Channels, "prune_magnitude": _Magnitude, "prune_nm": _NM, "low_rank": _LowRank}
+
+
 def bn_scales(source) -> dict[str, np.ndarray]:
     """Conv node name -> gamma of the BatchNormalization right after it, in the original model."""
     model = io.load(source)
@@ -237,6 +246,29 @@ def bn_scales(source) -> dict[str, np.ndarray]:
 
 
 # ---------------------------------------------------------------- the stage
+
+def run(model: ir.Model, ctx) -> ir.Model:
+    """The compress stage of optimize() (run when `--sparsity`, `--sparsity-pattern` or `--low-rank`
+    ask for it), on the lossless result; `ctx` is a graphopt.stages.context.Context."""
+    c, q, target = ctx.options.compress, ctx.options.quantize, ctx.options.target
+    if ctx.lossless_failed:
+        ctx.warnings.append("compression skipped: the lossless result failed verification")
+        return model
+    compressed = run_compress(model, CompressOptions(
+        sparsity=c.sparsity, structured=c.structured, sparsity_pattern=c.sparsity_pattern, low_rank=c.low_rank,
+        sparsity_scope=c.sparsity_scope, prune_criterion=c.prune_criterion, channel_multiple=c.channel_multiple,
+        sparse_format=c.sparse_format, eval=q.eval, calibration=q.calibration, max_accuracy_drop=q.max_accuracy_drop,
+        later_steps=int(bool(q.quantize)), eval_output=q.eval_output, preprocess=q.preprocess,
+        shapes=ctx.options.pipeline.shapes, inputs=ctx.plan, bn_source=ctx.source, measure=q.quantize_measure,
+        provider=target.provider, threads=target.threads), progress=ctx.progress)
+    ctx.after, ctx.file_bytes_after = analyze(compressed.model), compressed.section["file_bytes"]
+    ctx.warnings.extend(compressed.warnings)
+    if ctx.budget is not None and compressed.drop is not None:  # quantization gets what is left
+        ctx.budget = max(0.0, ctx.budget - compressed.drop)
+    ctx.compressed, ctx.sparse_format = compressed, compressed.sparse_format
+    ctx.sections["compression"] = compressed.section
+    return compressed.model
+
 
 def run_compress(model: ir.Model, options: CompressOptions,
                  progress: Callable[[str], None] | None = None) -> CompressResult:
@@ -280,9 +312,9 @@ def run_compress(model: ir.Model, options: CompressOptions,
             detail = _budget_detail(result, share)
         section["steps"].append(step.name)
         section[step.name] = {**step.describe(applied), **detail}
-        if kind == "unstructured":
+        if kind == "prune_magnitude":
             pruned_unstructured = set(applied)
-        zeroed |= kind in ("unstructured", "n:m") and bool(applied)
+        zeroed |= kind in ("prune_magnitude", "prune_nm") and bool(applied)
     after = analyze(model)
     section.update(_figures(before, after))
     fmt = options.sparse_format if zeroed else None
@@ -304,26 +336,23 @@ def run_compress(model: ir.Model, options: CompressOptions,
 
 
 def _steps(o: CompressOptions) -> list[str]:
+    """The passes to run, by registry name, in order."""
     steps = []
     if o.sparsity is not None and o.structured:
-        steps.append("structured")
+        steps.append("prune_channels")
     elif o.sparsity is not None:
-        steps.append("unstructured")
+        steps.append("prune_magnitude")
     if o.sparsity_pattern:
-        steps.append("n:m")
+        steps.append("prune_nm")
     if o.low_rank is not None:
         steps.append("low_rank")
     return steps
 
 
-def _make_step(kind: str, model, o: CompressOptions, scales, pruned: set[str]) -> _Step:
-    if kind == "structured":
-        return _Channels(model, o, scales)
-    if kind == "unstructured":
-        return _Magnitude(model, o)
-    if kind == "n:m":
-        return _NM(model, o)
-    return _LowRank(model, o, pruned)
+def _make_step(name: str, model, o: CompressOptions, scales, pruned: set[str]) -> _Step:
+    step = _STEPS[resolve(name, "compress").name]
+    return step(model, o, pruned) if step is _LowRank else step(model, o, scales) if step is _Channels \
+        else step(model, o)
 
 
 def _evaluator(model: ir.Model, o: CompressOptions, warnings: list[str]) -> Evaluator | None:

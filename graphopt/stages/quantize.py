@@ -20,22 +20,27 @@ lossless pipeline, scored on data, held to an accuracy budget, measured in ONNX 
 
 from __future__ import annotations
 
-__all__ = ["LossyOptions", "LossyResult", "MODES", "run_lossy"]
+__all__ = ["LossyOptions", "LossyResult", "MODES", "run", "run_lossy"]
 
 import collections
 import dataclasses
 import logging
 import math
+import pathlib
+import tempfile
 from collections.abc import Callable, Sequence
 
 import onnx_ir as ir
 from onnx_ir.passes.common import NameFixPass, ShapeInferencePass
 
+from graphopt.core import io
 from graphopt.core.accuracy import Evaluator, fit_budget
+from graphopt.core.analysis import analyze
 from graphopt.core.calibrate import Dataset, load_data
 from graphopt.core.ranges import RANGE_METHODS
 from graphopt.core.errors import UsageError
 from graphopt.core.patterns import opset_version
+from graphopt.passes import resolve
 
 logger = logging.getLogger(__name__)
 
@@ -122,6 +127,33 @@ def prepare(model: ir.Model, warnings: list[str], mode: str = "") -> None:
             warnings.append(f"{left} BatchNormalization node(s) could not be folded; they run in float")
 
 
+def run(model: ir.Model, ctx) -> ir.Model:
+    """The quantize stage of optimize() (run when `--quantize` asks for it), on the lossless (or
+    compressed) result, within what is left of the accuracy budget; `ctx` is a
+    graphopt.stages.context.Context."""
+    q, target = ctx.options.quantize, ctx.options.target
+    if ctx.lossless_failed:
+        ctx.warnings.append(f"--quantize {q.quantize} skipped: the lossless result failed verification")
+        return model
+    ctx.note(f"quantize {q.quantize}")
+    lossy = run_lossy(model, LossyOptions(
+        mode=q.quantize, calibration=q.calibration, eval=q.eval, max_accuracy_drop=ctx.budget,
+        calibration_method=q.calibration_method, calibration_samples=q.calibration_samples, preprocess=q.preprocess,
+        keep_io_types=q.keep_io_types, int8_scheme=q.int8_scheme, keep_float=tuple(q.keep_float),
+        eval_output=q.eval_output, shapes=ctx.options.pipeline.shapes, inputs=ctx.plan, measure=q.quantize_measure,
+        place_for_speed=target.measure, provider=target.provider, threads=target.threads), progress=ctx.progress)
+    ctx.warnings.extend(lossy.warnings)
+    with tempfile.TemporaryDirectory(prefix="graphopt-lossy-") as tmp:
+        written = io.save(lossy.model, pathlib.Path(tmp) / "lossy.onnx")
+        ctx.file_bytes_after = sum(p.stat().st_size for p in written)
+    ctx.after = analyze(lossy.model)
+    ctx.sections["quantization"] = lossy.section
+    if ctx.compressed is not None:  # the whole chain against the uncompressed model, sparse storage kept
+        ctx.compressed.score_final(lossy.model)
+        ctx.file_bytes_after = ctx.compressed.file_bytes(lossy.model) or ctx.file_bytes_after
+    return lossy.model
+
+
 def run_lossy(model: ir.Model, options: LossyOptions, progress: Callable[[str], None] | None = None) -> LossyResult:
     """Apply the lossy mode to `model` (not modified; a new model is returned)."""
     _check_options(options)
@@ -184,13 +216,10 @@ def run_lossy(model: ir.Model, options: LossyOptions, progress: Callable[[str], 
 
 
 def _builder(model: ir.Model, options: LossyOptions, calib: Dataset | None, warnings: list[str], note):
-    from graphopt.stages.quantize_builders import DynamicBuilder, Fp16Builder, Int8Builder
+    from graphopt.stages.quantize_builders import BUILDERS
 
-    if options.mode == "int8":
-        return Int8Builder(model, options, calib, note)
-    if options.mode == "int8-dynamic":
-        return DynamicBuilder(model, options)
-    return Fp16Builder(model, options, calib, note)
+    builder = BUILDERS[resolve(options.mode, "quantize").name]  # the registry names the pass of each mode
+    return builder(model, options, calib, note) if builder.takes_data else builder(model, options)
 
 
 def _speed_summary(speed) -> str:

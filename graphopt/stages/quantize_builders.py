@@ -12,7 +12,7 @@ the accuracy budget may revert), `build(applied)` (a new model with exactly thos
 
 from __future__ import annotations
 
-__all__ = ["Int8Builder", "DynamicBuilder", "Fp16Builder", "layer_cost"]
+__all__ = ["Int8Builder", "DynamicBuilder", "Fp16Builder", "BUILDERS", "layer_cost"]
 
 import math
 
@@ -34,6 +34,7 @@ class Int8Builder:
     """Static int8: candidates are the quantizable layers; `build(applied)` quantizes exactly those."""
 
     what = "layers"
+    takes_data = True
 
     def __init__(self, model: ir.Model, options, calib: Dataset, note):
         self.model = model
@@ -147,6 +148,7 @@ class DynamicBuilder:
     """Lossy-stage builder: candidates are the qualifying MatMul/Gemm nodes."""
 
     what = "layers"
+    takes_data = False
 
     def __init__(self, model: ir.Model, options):
         self.model = model
@@ -179,6 +181,7 @@ class Fp16Builder:
     """Float16; see module doc."""
 
     what = "nodes"
+    takes_data = True
     overflow = 32768.0  # half of float16's range: products and sums downstream still fit
     scan_samples = 8
 
@@ -232,3 +235,7 @@ class Fp16Builder:
 
     def cost(self, name: str) -> dict:
         return layer_cost(self.model, name)
+
+
+# One builder per quantize pass, by registry name (graphopt.passes.REGISTRY; `--quantize` names them by alias).
+BUILDERS = {"quantize_int8": Int8Builder, "quantize_dynamic": DynamicBuilder, "quantize_fp16": Fp16Builder}

@@ -69,7 +69,8 @@ class FuseParallelPass(ir.passes.InPlacePass):
     to the cost model with `measure=False`. `guard(model, accepted) -> GuardVerdict` vetoes the
     accepted set as a whole (default when measuring: the whole model is timed with and without
     them; `guard=False` turns it off). `log`, when given, receives one dict per candidate (the
-    report's detailed list), updated in place across the pipeline's iterations.
+    report's detailed list), updated in place across the pipeline's iterations; each result's
+    `details` is a copy of it.
     """
 
     def __init__(self, decide=None, *, guard=None, provider: str = "cpu", threads: int | None = None,
@@ -95,7 +96,7 @@ class FuseParallelPass(ir.passes.InPlacePass):
         counters = {"candidates": len(new), "fused_groups": 0, "ops_merged": 0, "rejected": 0,
                     "activations_shared": 0, "splits_dropped": 0}
         if not candidates:
-            return FuseParallelResult(model, False, counters=counters)
+            return FuseParallelResult(model, False, counters=counters, details=[dict(e) for e in self.log])
         verdicts = [(c, self.decide(model, c)) for c in candidates]
         accepted = [c for c, d in verdicts if d.apply]
         entries = {id(c): describe(c, d) for c, d in verdicts}
@@ -115,7 +116,8 @@ class FuseParallelPass(ir.passes.InPlacePass):
         self._record(list(entries.values()))
         if accepted:
             logger.info("fuse_parallel: %d of %d candidates fused", len(accepted), len(candidates))
-        return FuseParallelResult(model, bool(accepted), counters=counters, candidates=list(entries.values()))
+        return FuseParallelResult(model, bool(accepted), counters=counters, candidates=list(entries.values()),
+                                  details=[dict(e) for e in self.log])
 
     def _record(self, entries: list[dict]) -> None:
         """Add or update log entries; a cache hit repeating an earlier verdict keeps the measured entry."""
