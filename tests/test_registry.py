@@ -66,10 +66,11 @@ def test_a_lossy_pass_is_not_a_pipeline_step():
         pipeline_names(None, ["quantize_int8"])
 
 
-def test_graphopt_passes_lists_every_pass_with_its_stage(capsys):
-    from graphopt.app.cli import main
+def test_graphopt_passes_lists_every_pass_with_its_stage(capsys, monkeypatch):
+    from graphopt.app import cli
 
-    main(["passes"])
+    monkeypatch.setattr(cli._out, "width", 250)
+    cli.main(["passes"])
     out = capsys.readouterr().out
     assert f"graphopt passes ({len(passes.REGISTRY)})" in out
     for name in passes.REGISTRY:
