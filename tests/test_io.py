@@ -152,7 +152,7 @@ def test_output_written_atomically_and_input_unchanged(conv_bn_file):
     before = conv_bn_file.read_bytes()
     out = directory / "out.onnx"
     out.write_bytes(b"stale output from an earlier run")
-    run = run_cli("optimize", conv_bn_file, "-o", out, cwd=directory)
+    run = run_cli("optimize", conv_bn_file, "-o", out, cwd=directory, subprocess_run=True)  # end to end
     assert run.code == 0, str(run)
     assert conv_bn_file.read_bytes() == before
     assert files_in(directory) == {"conv_bn.onnx", "out.onnx"}  # no temp files or directories left

@@ -99,7 +99,7 @@ def optimize(**given) -> None:
     from graphopt.app.api import optimize as run_optimize
     from graphopt.app.options import fields
     from graphopt.core.io import check_output_path
-    from graphopt.core.report import render, to_markdown
+    from graphopt.app.rendering.report import render, to_markdown
 
     model, output, json_out, report_file = given["model"], given["output"], given["json_out"], given["report_file"]
     out_path = output or _default_output(model)
@@ -165,7 +165,7 @@ def inspect(
 ) -> None:
     """Opsets, producer, op histogram, parameters, FLOPs, inputs/outputs, subgraphs."""
     from graphopt.app.api import inspect as run_inspect
-    from graphopt.core.report import render_inspect
+    from graphopt.app.rendering.report import render_inspect
 
     info = run_inspect(model)
     if json_out:
@@ -186,7 +186,7 @@ def verify(
 ) -> None:
     """Run ORIGINAL and OPTIMIZED in ONNX Runtime on the same inputs and compare every output."""
     from graphopt.core import io
-    from graphopt.core.report import render_verification
+    from graphopt.app.rendering.report import render_verification
     from graphopt.core.verify import load_npz, verify as run_verify
 
     for path in (original, optimized):

@@ -375,57 +375,9 @@ def _placement(path: str, providers: list[str], threads: int | None, ort_level: 
 # ----------------------------------------------------------------------------- memory (subprocess)
 
 
-# Runs in a fresh interpreter that imports only onnxruntime and numpy (importing graphopt would
-# cost seconds and memory of its own): RSS growth of one session over creation and a few runs.
-_MEMORY_CHILD = r"""
-import json, pathlib, sys
-import numpy as np
-import onnxruntime as ort
-
-def rss_kb():
-    try:
-        status = pathlib.Path("/proc/self/status").read_text()
-    except OSError:
-        import resource
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return None, peak // 1024 if sys.platform == "darwin" else peak
-    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-    kb = lambda k: int(fields[k].split()[0]) if k in fields else None
-    return kb("VmRSS"), kb("VmHWM")
-
-spec = json.loads(sys.argv[1])
-with np.load(spec["feeds"], allow_pickle=False) as data:
-    feeds = {k: data[k] for k in data.files}
-options = ort.SessionOptions()
-options.log_severity_level = 4  # errors reach the user as one line, not ORT's log
-options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, spec["ort_level"])
-if spec["threads"]:
-    options.intra_op_num_threads = spec["threads"]
-options.inter_op_num_threads = 1
-if not spec["spin"]:
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-before, _ = rss_kb()
-reset = False
-try:
-    pathlib.Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
-    reset = True
-except OSError:
-    pass
-session = ort.InferenceSession(spec["path"], options, providers=spec["providers"])
-after_create, _ = rss_kb()
-for _ in range(spec["runs"]):
-    session.run(None, feeds)
-after_runs, peak = rss_kb()
-if before is None:
-    out = {"peak_bytes": peak * 1024, "after_create_bytes": None, "method": "ru_maxrss (whole process)"}
-else:
-    out = {"peak_bytes": max(0, peak - before) * 1024 if reset else max(0, after_runs - before) * 1024,
-           "after_create_bytes": max(0, after_create - before) * 1024,
-           "after_runs_bytes": max(0, after_runs - before) * 1024,
-           "method": "VmHWM" if reset else "VmRSS after runs (VmHWM reset unavailable)"}
-print(json.dumps(out))
-"""
+# The program of each memory subprocess: graphopt/core/memory_probe.py, run by its text so that the
+# fresh interpreter imports neither graphopt nor anything beside that file.
+_MEMORY_PROBE = pathlib.Path(__file__).with_name("memory_probe.py")
 
 
 def _memory(path: str, providers: list[str], threads: int | None, ort_level: str, feeds_path: str,
@@ -434,7 +386,7 @@ def _memory(path: str, providers: list[str], threads: int | None, ort_level: str
              "all": "ORT_ENABLE_ALL"}[ort_level]
     spec = {"path": path, "providers": providers, "threads": threads, "ort_level": level,
             "feeds": feeds_path, "runs": runs, "spin": spin}
-    cmd = [sys.executable, "-c", _MEMORY_CHILD, json.dumps(spec)]
+    cmd = [sys.executable, "-c", _MEMORY_PROBE.read_text(), json.dumps(spec)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, check=False)
     except (OSError, subprocess.TimeoutExpired) as e:

@@ -18,7 +18,7 @@ from graphopt.app.rendering.plots import CSS, PLOTS_MISSING, plots_available, pn
 
 
 def _fmt_bytes(n) -> str:
-    from graphopt.core.report import human_bytes
+    from graphopt.app.rendering.report import human_bytes
 
     return human_bytes(int(n)) if n is not None else "-"
 

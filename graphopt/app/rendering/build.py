@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from graphopt.core.report import human_bytes
+from graphopt.app.rendering.report import human_bytes
 
 _STYLE = {"built": "green", "unverified": "yellow", "up-to-date": "dim", "failed": "red", "error": "red", "stale": "yellow",
           "skipped": "yellow"}

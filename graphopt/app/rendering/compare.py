@@ -50,7 +50,7 @@ def _agree_text(a: dict) -> str:
 
 def _rows(result: CompareResult) -> dict[str, list[tuple[str, list[str]]]]:
     """Table sections as (row label, one cell per model); cells show `exported -> optimized`."""
-    from graphopt.core.report import human_bytes
+    from graphopt.app.rendering.report import human_bytes
 
     exp, opt = result.exported, result.optimized or [None] * len(result.exported)
     get = lambda m, f: None if m is None else f(m)  # noqa: E731
