@@ -94,6 +94,7 @@ def test_outer_initializer_used_in_if_branch_and_loop_body_inputs_untouched():
         assert_equivalent(before, model, feeds={"x": np.array([1.0, 2.0], np.float32), "c": np.array(cond)})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", sorted(LIGHT.glob("light_*.onnx")), ids=lambda p: p.stem)
 def test_light_zoo(path):  # IR v3, every initializer an input; about a second each
     model = ir.load(path)
