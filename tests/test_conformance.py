@@ -15,7 +15,7 @@ that level are not ours. Nothing is cached on disk: ORT decides each run.
 
 The default run checks a fixed tenth of the cases (those whose name's CRC-32 is 0 mod
 `FAST_SHARE`, so the subset is the same on every machine); the others are marked slow. All of
-them: `python -m pytest tests/test_conformance.py -n 2 -q` (about 3 minutes on 2 cores).
+them: `python -m pytest tests/test_conformance.py -n 2 -q`.
 """
 
 from __future__ import annotations
