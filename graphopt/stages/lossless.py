@@ -77,15 +77,20 @@ def run(model: ir.Model, ctx: Context) -> ir.Model:
     if o.verify.verify:
         ctx.note("verify")
     _verify(model, ctx, reference)
+    _report(ctx, result.stats)
+    return model
+
+
+def _report(ctx: Context, stats) -> None:
+    """Warnings (not verified, training leftovers) and fuse_parallel's section."""
     if ctx.verification is not None and ctx.verification.status == "skipped":
         ctx.warnings.append(f"not verified: {ctx.verification.reason}")
-    ctx.warnings += _training_warnings(result.stats, p.inference)
-    fused = next((s.details for s in result.stats if s.name == "fuse_parallel" and s.details), None)
+    ctx.warnings += _training_warnings(stats, ctx.options.pipeline.inference)
+    fused = next((s.details for s in stats if s.name == "fuse_parallel" and s.details), None)
     if fused:  # every horizontal-fusion candidate, its gain and verdict
         keys = ("decision", "gain", "ms_separate", "ms_fused", "method", "detail", "whole_model")
         ctx.sections["fuse_parallel"] = {c["candidate"]: {k: c[k] for k in keys if c.get(k) is not None}
                                          for c in fused}
-    return model
 
 
 def _start_reference(model: ir.Model, ctx: Context):
