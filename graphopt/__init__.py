@@ -9,16 +9,13 @@ __all__ = ["optimize", "inspect", "build", "OptimizeResult", "load", "save", "Gr
 __version__ = "0.1.0"
 
 # Resolved on first use (PEP 562): `import graphopt` stays cheap, and the command line can set
-# up its imports (see graphopt/startup.py) before onnx-ir loads.
+# up its imports (see graphopt/app/startup.py) before onnx-ir loads.
 _EXPORTS = {
-    "optimize": "graphopt.api", "inspect": "graphopt.api", "OptimizeResult": "graphopt.api",
-    "load": "graphopt.io", "save": "graphopt.io",
-    "GraphoptError": "graphopt.errors", "InputError": "graphopt.errors", "UsageError": "graphopt.errors",
-    "VerificationError": "graphopt.errors",
+    "optimize": "graphopt.app.api", "inspect": "graphopt.app.api", "OptimizeResult": "graphopt.app.api",
+    "load": "graphopt.core.io", "save": "graphopt.core.io",
+    "GraphoptError": "graphopt.core.errors", "InputError": "graphopt.core.errors", "UsageError": "graphopt.core.errors",
+    "VerificationError": "graphopt.core.errors", "build": "graphopt.app.build",
 }
-
-
-from graphopt.build import build  # noqa: E402 - light; the function shadows the submodule name: use `from graphopt.build import ...`
 
 
 def __getattr__(name: str):

@@ -1,5 +1,5 @@
 """`python -m graphopt ...` runs the `graphopt` console script."""
 
-from graphopt.cli import main
+from graphopt.app.cli import main
 
 main()

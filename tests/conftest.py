@@ -1,8 +1,12 @@
-"""Shared fixtures: the real `graphopt` console script in a subprocess, and small models on disk."""
+"""Shared fixtures: the `graphopt` command line (in process, or the real console script in a
+subprocess), and small models on disk."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
+import os
 import pathlib
 import subprocess
 import sys
@@ -34,11 +38,37 @@ class CliRun:
         return f"graphopt {' '.join(self.args)} -> exit {self.code}\n--- stdout\n{self.stdout}\n--- stderr\n{self.stderr}"
 
 
-def run_cli(*args, cwd: pathlib.Path | None = None, timeout: float = 300, command=None) -> CliRun:
+def run_cli(*args, cwd: pathlib.Path | None = None, timeout: float = 300, command=None,
+            subprocess_run: bool = False) -> CliRun:
+    """`graphopt ARGS`: in this process through the console script's own entry point
+    (`graphopt.app.cli.main(argv)`: the same parsing, error lines and exit codes), or, with
+    `subprocess_run` or a `command`, as a real process (what only a process shows: the
+    interpreter's start-up, signals, output written by C++ libraries straight to fd 2)."""
     argv = [str(a) for a in args]
+    if not subprocess_run and command is None:
+        return _run_in_process(argv, cwd)
     proc = subprocess.run([*(command or graphopt_command()), *argv], capture_output=True, text=True, cwd=cwd,
                           timeout=timeout)
     return CliRun(argv, proc.returncode, proc.stdout, proc.stderr)
+
+
+def _run_in_process(argv: list[str], cwd: pathlib.Path | None) -> CliRun:
+    from graphopt.app.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    previous = os.getcwd()
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main(argv)
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        os.chdir(previous)
+    return CliRun(argv, code, out.getvalue(), err.getvalue())
 
 
 def assert_one_line_error(run: CliRun, code: int = 2, contains: str | None = None) -> str:

@@ -33,7 +33,7 @@ import graphopt
 from tests.graphgen import generate
 
 LEVELS = (1, 2, 3)
-RTOL, ATOL = 1e-3, 1e-4  # graphopt/verify.py
+RTOL, ATOL = 1e-3, 1e-4  # graphopt/core/verify.py
 OFF = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
 DEFAULT = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
 ORT_LEVELS = {OFF: "ORT_DISABLE_ALL", DEFAULT: "ORT_ENABLE_ALL"}

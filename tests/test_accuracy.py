@@ -13,10 +13,10 @@ import pytest
 from onnx import TensorProto, numpy_helper
 
 import graphopt
-from graphopt.accuracy import Evaluator, Score, cosine, fit_budget, snr_db
-from graphopt.calibrate import Dataset
-from graphopt.errors import BudgetError, UsageError
-from passes.quantize_stage import LossyOptions, run_lossy
+from graphopt.core.accuracy import Evaluator, Score, cosine, fit_budget, snr_db
+from graphopt.core.calibrate import Dataset
+from graphopt.core.errors import BudgetError, UsageError
+from graphopt.stages.quantize import LossyOptions, run_lossy
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RNG = np.random.default_rng(0)
@@ -181,7 +181,7 @@ def test_int8_needs_calibration():
 
 
 def test_cli_budget_failure_exits_1_with_the_best(tmp_path, capsys):
-    from graphopt.cli import main
+    from graphopt.app.cli import main
 
     model = sensitive_mlp()
     path = tmp_path / "m.onnx"
@@ -200,7 +200,7 @@ def test_cli_budget_failure_exits_1_with_the_best(tmp_path, capsys):
 
 
 def test_cli_flags_without_quantize_are_usage_errors(tmp_path, capsys):
-    from graphopt.cli import main
+    from graphopt.app.cli import main
 
     path = tmp_path / "m.onnx"
     ir.save(sensitive_mlp(), path)

@@ -1,4 +1,4 @@
-"""graphopt/atomic.py: a model + data pair replaced as one, stale staging removed, odd targets refused.
+"""graphopt/core/atomic.py: a model + data pair replaced as one, stale staging removed, odd targets refused.
 
 The kill test (tests/test_kill_save.py) proves the protocol under SIGKILL; these pin its rules.
 """
@@ -18,8 +18,8 @@ import onnxruntime as ort
 import pytest
 
 import graphopt
-from graphopt import atomic, io
-from graphopt.errors import UsageError
+from graphopt.core import atomic, io
+from graphopt.core.errors import UsageError
 from tests.conftest import conv_bn_model, files_in, save_with_external_data
 
 FEEDS = {"x": np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)}

@@ -11,9 +11,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import graphopt
-from graphopt import bench as gb
-from graphopt import bench_render, machine
-from graphopt.cli import main
+from graphopt.core import bench as gb
+from graphopt.app.rendering import bench as bench_render
+from graphopt.core import machine
+from graphopt.app.cli import main
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DIGITS = ROOT / "models" / "digits_cnn.onnx"
@@ -128,7 +129,7 @@ def test_batch_fills_a_dynamic_first_dim_and_refuses_a_fixed_one(nets, tmp_path)
     r = gb.bench([nets[0]], batch=4, runs=2, warmup=0, init_repeats=1, memory=False, placement=False)
     assert r.inputs == {"x": [4, 3, 16, 16]} and r.models[0].batch == 4
     fixed = _net(tmp_path / "fixed.onnx", 4, batch=1)
-    with pytest.raises(graphopt.errors.UsageError, match="fixed batch of 1"):
+    with pytest.raises(graphopt.core.errors.UsageError, match="fixed batch of 1"):
         gb.bench([fixed], batch=4, runs=1, memory=False, placement=False)
 
 
@@ -199,6 +200,6 @@ def test_sample_of_the_first_model_does_not_fit_an_nhwc_export(tmp_path):
 
 def test_inputs_the_model_rejects_are_one_line_errors(tmp_path):
     path = _net(tmp_path / "net.onnx", 4)
-    with pytest.raises(graphopt.errors.InputError, match="has shape"):
+    with pytest.raises(graphopt.core.errors.InputError, match="has shape"):
         gb.bench([path], inputs={"x": np.ones((1, 3, 8, 8, 1), np.float32)}, runs=1, memory=False,
                  placement=False)

@@ -20,10 +20,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import graphopt
-from graphopt import cli
-from graphopt.build import BuildResult, ModelResult
-from graphopt.config import SETTINGS, ConfigError, optimize_params, settings_table
-from graphopt.manifest import MANIFEST_NAME
+from graphopt.app import cli
+from graphopt.app.build import BuildResult, ModelResult
+from graphopt.app.config import SETTINGS, ConfigError, optimize_params, settings_table
+from graphopt.app.manifest import MANIFEST_NAME
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DIGITS = ROOT / "models" / "digits_cnn.onnx"
@@ -291,12 +291,12 @@ def test_fail_fast_skips_the_rest(project):
 
 
 def _fail_verification(monkeypatch):
-    from graphopt.verify import OutputCheck, VerifyResult
+    from graphopt.core.verify import OutputCheck, VerifyResult
 
     def check(*args, **kwargs):
         return VerifyResult("failed", [OutputCheck("y", False, 0.5, 0.25)])
 
-    monkeypatch.setattr("graphopt.api.verify_check", check)
+    monkeypatch.setattr("graphopt.stages.lossless.verify_check", check)
 
 
 def test_verification_failure_is_not_written_unless_forced(project, monkeypatch, capsys):
@@ -493,7 +493,7 @@ def test_settings_table_matches_optimize_signature():
     params = optimize_params()
     covered = {s.param for s in SETTINGS if s.param}
     missing = [p for p in params if p not in covered]
-    assert not missing, (f"optimize() parameter(s) {missing} have no entry in graphopt.config.SETTINGS: add "
+    assert not missing, (f"optimize() parameter(s) {missing} have no entry in graphopt.app.config.SETTINGS: add "
                          f"Setting('cli-name', '{missing[0]}', KIND, 'help') so graphopt.toml and --set accept them")
     # An entry for a parameter optimize() lacks (not yet merged, or removed) is inactive: its key is unknown.
     inactive = {s.key for s in SETTINGS if s.param and s.param not in params}

@@ -9,10 +9,10 @@ import onnx_ir as ir
 import pytest
 from onnx import TensorProto
 
-from graphopt.calibrate import Dataset, InputSpec, input_specs, load_data
-from graphopt.images import Preprocess
-from graphopt.ranges import collect_ranges
-from graphopt.errors import InputError, UsageError
+from graphopt.core.calibrate import Dataset, InputSpec, input_specs, load_data
+from graphopt.core.images import Preprocess
+from graphopt.core.ranges import collect_ranges
+from graphopt.core.errors import InputError, UsageError
 
 SPECS = [InputSpec("input", np.dtype(np.float32), (None, 1, 8, 8))]
 RNG = np.random.default_rng(0)
@@ -172,7 +172,7 @@ def test_fixed_batch_needs_a_multiple(tmp_path):
 
 
 def test_cli_reports_bad_calibration_in_one_line(tmp_path, capsys):
-    from graphopt.cli import main
+    from graphopt.app.cli import main
 
     bad = tmp_path / "bad.npz"
     np.savez(bad, wrong_name=images())
@@ -224,8 +224,8 @@ def test_unknown_method_is_a_usage_error():
 
 
 def _vad_specs():
-    from graphopt.calibrate import input_specs
-    from graphopt import io
+    from graphopt.core.calibrate import input_specs
+    from graphopt.core import io
     from tests.exporter_shapes import stateful_vad
 
     return input_specs(io.load(stateful_vad()))
@@ -257,7 +257,7 @@ def test_non_finite_calibration_data_is_refused():
 
 
 def test_random_data_follows_the_input_model():
-    from graphopt import io
+    from graphopt.core import io
     from tests.exporter_shapes import bert_like
 
     data = load_data("random:3", io.load(bert_like(vocab=30)))

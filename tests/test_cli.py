@@ -1,8 +1,9 @@
 """The `graphopt` console script end to end: models it must handle, usage errors, JSON, exit codes.
 
-Each test runs the installed console script in a subprocess (see conftest.run_cli), except
-where a deliberately wrong pass has to be registered first: then a two-line wrapper calls
-the same entry point, `graphopt.cli.main`, in a subprocess.
+Most tests call the console script's entry point, `graphopt.app.cli.main(argv)`, in this
+process (see conftest.run_cli); a few run the installed console script as a real process, end
+to end: what stdout and fd 2 carry, SIGTERM, and a deliberately wrong pass registered by a
+two-line wrapper around the same entry point.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import onnxruntime as ort
 import pytest
 
 import graphopt
-from graphopt.pipeline import PassSpec
+from graphopt.core.pipeline import PassSpec
 from tests.conftest import (DIGITS, assert_one_line_error, control_flow_model, conv_bn_model, custom_op_model,
                             files_in, run_cli, two_output_model)
 
@@ -197,7 +198,7 @@ def test_ort_log_never_reaches_stderr(tmp_path):
     """ORT cannot run the custom op: its C++ error log (colour codes included) stays out of stderr."""
     src = tmp_path / "custom.onnx"
     onnx.save(custom_op_model(), src)
-    run = run_cli("optimize", src, "-o", tmp_path / "out.onnx", cwd=tmp_path)
+    run = run_cli("optimize", src, "-o", tmp_path / "out.onnx", cwd=tmp_path, subprocess_run=True)  # fd 2 itself
     assert run.code == 0, str(run)
     assert run.stderr == "", str(run)
     assert "\x1b[" not in run.stdout and "onnxruntime_src" not in run.stdout
@@ -242,7 +243,7 @@ def test_no_arguments_prints_help():
 def test_json_prints_exactly_one_object(tmp_path):
     src = tmp_path / "digits.onnx"
     src.write_bytes(DIGITS.read_bytes())
-    run = run_cli("optimize", src, "-o", tmp_path / "out.onnx", "--json", cwd=tmp_path)
+    run = run_cli("optimize", src, "-o", tmp_path / "out.onnx", "--json", cwd=tmp_path, subprocess_run=True)
     assert run.code == 0, str(run)
     report = json.loads(run.stdout)  # raises on anything before or after the one object
     assert isinstance(report, dict)
@@ -336,16 +337,16 @@ WRONG_PASS = PassSpec("break_first_weight", lambda options: BreakFirstWeightPass
 _WRAPPER = textwrap.dedent("""
     import sys
     sys.path.insert(0, {tests_parent!r})
-    import passes
+    import graphopt.passes as passes
     from tests.test_cli import WRONG_PASS
     passes.REGISTRY[WRONG_PASS.name] = WRONG_PASS
-    from graphopt.cli import main
+    from graphopt.app.cli import main
     main(sys.argv[1:])
 """)
 
 
 def test_wrong_pass_fails_verification_in_the_api(monkeypatch):
-    import passes
+    import graphopt.passes as passes
 
     monkeypatch.setitem(passes.REGISTRY, WRONG_PASS.name, WRONG_PASS)
     result = graphopt.optimize(DIGITS, passes=["break_first_weight"])

@@ -11,10 +11,10 @@ import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from graphopt import compare as cmp
-from graphopt import compare_render as render
-from graphopt import plots
-from graphopt.cli import main
+from graphopt.app import compare as cmp
+from graphopt.app.rendering import compare as render
+from graphopt.app.rendering import plots
+from graphopt.app.cli import main
 
 EPS = 1e-5
 

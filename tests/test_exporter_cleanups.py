@@ -12,8 +12,8 @@ import onnxruntime as ort
 import pytest
 
 import graphopt
-import graphopt.io
-from graphopt.calibrate import input_specs
+import graphopt.core.io
+from graphopt.core.calibrate import input_specs
 from tests.conftest import REPO, assert_one_line_error, run_cli
 from tests.util import parse, to_proto
 
@@ -128,7 +128,7 @@ def test_zoo_export_optimizes_verifies_and_stays_dynamic(path: pathlib.Path):
     assert _symbolic_dims(optimized) == _symbolic_dims(original)
     assert len(optimized.graph.node) <= len(original.graph.node)
     # Runs at another batch size, as the original does (each input cut on its own batch axis).
-    axes = {s.name: s.batch_axis for s in input_specs(graphopt.io.load(path))}
+    axes = {s.name: s.batch_axis for s in input_specs(graphopt.core.io.load(path))}
     small = {k: v if axes.get(k) is None else np.take(v, [0], axis=axes[k]) for k, v in feeds.items()}
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL

@@ -1,4 +1,4 @@
-"""The input model (graphopt/inputs.py): verification, measurements and calibration run on
+"""The input model (graphopt/core/inputs.py): verification, measurements and calibration run on
 inputs the model really takes, at sizes that exercise it.
 
 Each model in tests/exporter_shapes.py fails in ONNX Runtime on the inputs graphopt used to
@@ -16,10 +16,10 @@ import onnxruntime as ort
 import pytest
 
 import graphopt
-from graphopt import io
-from graphopt.errors import InputError, UsageError
-from graphopt.inputs import input_model
-from graphopt.verify import plan_inputs, reference
+from graphopt.core import io
+from graphopt.core.errors import InputError, UsageError
+from graphopt.core.inputs import input_model
+from graphopt.core.verify import plan_inputs, reference
 from tests import exporter_shapes as X
 from tests.conftest import run_cli
 
@@ -187,9 +187,9 @@ def test_sequence_and_optional_inputs_are_generated(case):
 
 
 def test_verification_fails_when_only_ortss_default_level_rejects_the_model(monkeypatch):
-    import graphopt.verify as gv
+    import graphopt.core.verify as gv
 
-    real = gv._session
+    real = gv.ort_session
 
     def picky(source, providers=None, optimize=False):
         if optimize and "optimized" in str(source):
@@ -197,7 +197,7 @@ def test_verification_fails_when_only_ortss_default_level_rejects_the_model(monk
         return real(source, providers, optimize)
 
     ref = reference(X.unet_like())
-    monkeypatch.setattr(gv, "_session", picky)
+    monkeypatch.setattr(gv, "ort_session", picky)
     with __import__("tempfile").TemporaryDirectory() as tmp:
         path = f"{tmp}/optimized.onnx"
         onnx.save(X.unet_like(), path)

@@ -16,8 +16,8 @@ import onnxruntime as ort
 import pytest
 
 import graphopt
-from graphopt import io
-from graphopt.errors import InputError, UsageError
+from graphopt.core import io
+from graphopt.core.errors import InputError, UsageError
 from tests.conftest import (DIGITS, assert_one_line_error, conv_bn_model, files_in, run_cli,
                             save_with_external_data)
 
@@ -152,7 +152,7 @@ def test_output_written_atomically_and_input_unchanged(conv_bn_file):
     before = conv_bn_file.read_bytes()
     out = directory / "out.onnx"
     out.write_bytes(b"stale output from an earlier run")
-    run = run_cli("optimize", conv_bn_file, "-o", out, cwd=directory)
+    run = run_cli("optimize", conv_bn_file, "-o", out, cwd=directory, subprocess_run=True)  # end to end
     assert run.code == 0, str(run)
     assert conv_bn_file.read_bytes() == before
     assert files_in(directory) == {"conv_bn.onnx", "out.onnx"}  # no temp files or directories left

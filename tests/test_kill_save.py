@@ -1,6 +1,6 @@
 """SIGKILL at every write, rename, unlink and mkdir of a save leaves the old complete output or the
 new complete one (ORT loads it and gives that model's outputs), and the next save leaves nothing
-else beside it (graphopt/atomic.py).
+else beside it (graphopt/core/atomic.py).
 
 The save runs in a forked child; strace attaches to it and kills it at the k-th traced system
 call (`-e inject=...:signal=SIGKILL:when=k`, which fires before the call runs), for every k up
@@ -22,7 +22,7 @@ import onnxruntime as ort
 import pytest
 
 import graphopt
-from graphopt import io
+from graphopt.core import io
 from tests.conftest import conv_bn_model, graphopt_command, save_with_external_data
 
 STRACE = shutil.which("strace")
@@ -112,7 +112,7 @@ def test_kill_at_every_call_of_a_save_leaves_old_or_new_output(tmp_path, externa
     outcomes = []
     for k, call in enumerate(_ordinals(calls), 1):
         target = fresh()
-        status, _ = _save_killed_at(call, lambda: io.save(new, target, external_data=external_data))
+        status, _ = _save_killed_at(call, lambda target=target: io.save(new, target, external_data=external_data))
         assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == 9, f"call {k} {call}: not killed"
         got = _outputs(target)  # loads: a complete model whose data files exist and match
         which = "old" if np.array_equal(got, expected_old) else "new" if np.array_equal(got, expected_new) else None

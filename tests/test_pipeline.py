@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from graphopt.pipeline import CountedPassResult, PassSpec, Pipeline
+from graphopt.core.pipeline import CountedPassResult, PassSpec, Pipeline
 from tests.util import parse
 
 MODEL = """
@@ -81,7 +81,23 @@ def test_needs_ops_runs_when_an_op_appears():
 
 
 def test_recompose_triggers_cover_the_registry_gate():
-    from passes import REGISTRY
-    from passes.recompose_ops import TRIGGERS
+    from graphopt.passes import REGISTRY
+    from graphopt.passes.fusion.recompose_ops import TRIGGERS
 
     assert REGISTRY["recompose_ops"].needs_ops == frozenset().union(*TRIGGERS.values())
+
+
+class Explodes(ir.passes.InPlacePass):
+    def call(self, model):
+        raise RuntimeError("boom")
+
+
+def test_a_failing_pass_names_the_passes_that_ran_before_it():
+    import pytest
+
+    specs = [PassSpec("remove_one", lambda o: RemoveOneIdentity(), ""), PassSpec("count", lambda o: CountCalls(), ""),
+             PassSpec("explodes", lambda o: Explodes(), "")]
+    with pytest.raises(ir.passes.PassError, match=r"pass 'explodes' failed after remove_one, count: boom"):
+        Pipeline(specs).run(parse(MODEL))
+    with pytest.raises(ir.passes.PassError, match=r"pass 'explodes' failed \(the first pass run\): boom"):
+        Pipeline(specs[2:]).run(parse(MODEL))

@@ -9,8 +9,8 @@ import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 
-from graphopt import io
-from graphopt.protowrite import write_inline
+from graphopt.core import io
+from graphopt.core.protowrite import write_inline
 from tests.conftest import DIGITS, control_flow_model, conv_bn_model
 
 

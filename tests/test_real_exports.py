@@ -12,7 +12,6 @@ framework's own outputs on the realistic sample beside it (`NAME.npz`, `expected
 from __future__ import annotations
 
 import json
-import pathlib
 import shutil
 
 import numpy as np
@@ -89,7 +88,7 @@ def test_compare_stateful_exports_without_data_matches_inputs_by_name(tmp_path):
     for name in ("stateful_vad_ts", "stateful_vad_dynamo", "stateful_vad_helper"):  # the last: inputs reordered
         shutil.copy(ZOO / f"{name}.onnx", tmp_path)  # no sample .npz beside them
         paths.append(tmp_path / f"{name}.onnx")
-    from graphopt.compare import compare
+    from graphopt.app.compare import compare
 
     result = compare(paths, runs=3, warmup=1)
     data = json.loads(result.to_json())

@@ -1,4 +1,4 @@
-"""Sparse storage (graphopt.sparse) through ONNX Runtime, and the compression stage end to end:
+"""Sparse storage (graphopt.core.sparse) through ONNX Runtime, and the compression stage end to end:
 optimize(sparsity=..., structured=..., low_rank=..., quantize=...) and the CLI."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import pytest
 from onnx import numpy_helper
 
 import graphopt
-from graphopt import io
-from graphopt.errors import BudgetError, UsageError
-from graphopt.sparse import densify_proto, index_dtype, sparsify_proto
+from graphopt.core import io
+from graphopt.core.errors import BudgetError, UsageError
+from graphopt.core.sparse import densify_proto, index_dtype, sparsify_proto
 from tests.conftest import DIGITS, run_cli
 
 TEST = DIGITS.parent / "digits_test.npz"

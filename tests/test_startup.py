@@ -16,7 +16,7 @@ def _python(code: str) -> subprocess.CompletedProcess:
 def test_optimize_command_never_imports_sympy(tmp_path):
     run = _python(f"""
         import sys
-        from graphopt.cli import main
+        from graphopt.app.cli import main
         sys.argv = ["graphopt", "optimize", {str(DIGITS)!r}, "-o", {str(tmp_path / "out.onnx")!r}, "--json"]
         try:
             main()
@@ -32,7 +32,7 @@ def test_optimize_command_never_imports_sympy(tmp_path):
 def test_symbolic_dims_still_work_after_deferring():
     run = _python("""
         import sys
-        from graphopt.startup import defer_sympy
+        from graphopt.app.startup import defer_sympy
         defer_sympy()
         import onnx_ir as ir
         assert "sympy.core" not in sys.modules

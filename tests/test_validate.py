@@ -1,4 +1,4 @@
-"""graphopt/validate.py: unsafe external data and invalid models are refused at load, with one line;
+"""graphopt/core/validate.py: unsafe external data and invalid models are refused at load, with one line;
 valid oddities (custom ops, unsorted graphs, shapeless outputs) are kept.
 
 The fuzz suite (tests/fuzz) runs many more variants through the command line; these pin the rules.
@@ -16,8 +16,8 @@ import onnx_ir as ir
 import pytest
 
 import graphopt
-from graphopt import io
-from graphopt.errors import InputError
+from graphopt.core import io
+from graphopt.core.errors import InputError
 from tests.conftest import conv_bn_model, custom_op_model, save_with_external_data
 
 SECRET = b"root:x:0:0:root:/root:/bin/bash\n" * 40

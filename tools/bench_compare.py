@@ -22,9 +22,9 @@ import tempfile
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from graphopt.machine import describe_cpu  # noqa: E402
-from graphopt.compare import compare  # noqa: E402
-from graphopt.compare_render import write_report  # noqa: E402
+from graphopt.core.machine import describe_cpu  # noqa: E402
+from graphopt.app.compare import compare  # noqa: E402
+from graphopt.app.rendering.compare import write_report  # noqa: E402
 
 FIRST = ["torch_ts", "torch_dynamo", "keras", "mxnet", "paddle"]
 

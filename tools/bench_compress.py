@@ -6,7 +6,7 @@
 For each model: the level-2 (lossless) optimized model is the baseline; every setting
 (structured sparsity 0.3/0.5/0.7, low-rank energy 0.9/0.95/0.99) runs the compression stage
 without an accuracy budget, and all variants of one model are timed *interleaved in one
-process* (`graphopt.bench`, p50 ratios to the baseline). Columns: MACs (FLOPs = 2x), file size,
+process* (`graphopt.core.bench`, p50 ratios to the baseline). Columns: MACs (FLOPs = 2x), file size,
 latency ratio with its paired 95% interval, and quality: top-1 accuracy on held-out labels
 (digits), else agreement with the baseline's outputs (top-1 agreement for classifiers,
 cosine for hidden states), plus the output's mean cosine similarity and SNR against the
@@ -41,8 +41,8 @@ import onnx.helper as oh  # noqa: E402
 from onnx import numpy_helper  # noqa: E402
 
 import graphopt  # noqa: E402
-from graphopt.bench import bench  # noqa: E402
-from passes.compress_stage import CompressOptions, run_compress, saved_bytes  # noqa: E402
+from graphopt.core.bench import bench  # noqa: E402
+from graphopt.stages.compress import CompressOptions, run_compress, saved_bytes  # noqa: E402
 
 SETTINGS = [("structured", 0.3), ("structured", 0.5), ("structured", 0.7),
             ("low_rank", 0.9), ("low_rank", 0.95), ("low_rank", 0.99)]
@@ -111,7 +111,7 @@ def run_model(spec: dict, runs: int, threads: int | None) -> list[dict]:
         rows.append({"setting": f"{kind.replace('_', '-')} {value}", "model": result.model, "section": section,
                      "changed": changed})
     for row in rows:
-        from graphopt.analysis import analyze
+        from graphopt.core.analysis import analyze
 
         info = analyze(row["model"])
         row["macs"] = info["macs"]
@@ -123,8 +123,8 @@ def run_model(spec: dict, runs: int, threads: int | None) -> list[dict]:
         row["latency_ms"] = m.latency_ms["p50"]
         row["latency_ratio"] = m.ratios["latency_p50"]
         row["latency_ci95"] = m.ratios["paired_ci95"]
-    from graphopt.accuracy import Evaluator
-    from graphopt.calibrate import load_data
+    from graphopt.core.accuracy import Evaluator
+    from graphopt.core.calibrate import load_data
 
     evaluator = Evaluator(load_data(spec["eval"], base, purpose="evaluation"), base)
     for row in rows:

@@ -237,7 +237,7 @@ def dynamic_kept(orig_inputs: dict, new_inputs: dict) -> bool:
 
 def time_latency(sessions: dict, feeds: dict, rounds: int, per_round: int) -> dict:
     """Per variant: median CPU time of one run (all of ORT's threads), and the 10th percentile of
-    wall time, runs interleaved round-robin in a shuffled order (graphopt.bench, case 3).
+    wall time, runs interleaved round-robin in a shuffled order (graphopt.core.bench, case 3).
 
     CPU time is the ratio we report. On this shared machine (load ~10 on 2 cores) the wall time
     of identical copies of one file spread by 25-60% whatever the statistic (min, p10, median),

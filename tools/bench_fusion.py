@@ -5,7 +5,7 @@
 
 For each model: optimize at level 2 and at level 3 (fuse_parallel timing every candidate in
 ORT on this machine), verify both against the original, then time level 2 and level 3
-interleaved in one process (graphopt.bench) and print the ratio with its 95% interval.
+interleaved in one process (graphopt.core.bench) and print the ratio with its 95% interval.
 Then every fusion candidate with its measured gain, the decision, and what the cost model
 (`--no-measure`) would have decided. Inception v1/v2 come from the onnx package
 (`backend/test/data/light`, weights are ConstantOfShape fills); BERT is the export zoo's
@@ -31,10 +31,10 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import graphopt  # noqa: E402
-from graphopt.bench import bench  # noqa: E402
-from graphopt.machine import describe_cpu, environment  # noqa: E402
-from passes.fuse_parallel import find_candidates  # noqa: E402
-from passes.fuse_parallel_decide import CostModelDecider  # noqa: E402
+from graphopt.core.bench import bench  # noqa: E402
+from graphopt.core.machine import describe_cpu, environment  # noqa: E402
+from graphopt.passes.fusion.fuse_parallel import find_candidates  # noqa: E402
+from graphopt.passes.fusion._fuse_parallel_decide import CostModelDecider  # noqa: E402
 
 LIGHT = pathlib.Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
 

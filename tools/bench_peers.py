@@ -130,7 +130,7 @@ def _session(path: pathlib.Path, threads: int) -> ort.InferenceSession:
 
 
 def _inputs(model: pathlib.Path, session: ort.InferenceSession) -> dict[str, np.ndarray]:
-    from graphopt.verify import runnable_inputs
+    from graphopt.core.verify import runnable_inputs
 
     data = None
     npz = model.with_suffix(".npz")

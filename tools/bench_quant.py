@@ -7,7 +7,7 @@ For each model the float baseline is graphopt's level-2 output (BatchNormalizati
 verified against the original). From it, with the same calibration data:
 
 - `graphopt int8`: `--quantize int8` defaults (auto scheme, min-max, no budget, layers that
-  run faster in float on this machine kept float: passes/quantize_speed.py);
+  run faster in float on this machine kept float: graphopt/stages/placement.py);
 - `graphopt int8, all layers`: the same with every layer quantized (`--no-measure`);
 - `ORT static`: `onnxruntime.quantization.quantize_static(quant_format=QDQ)` with its defaults;
 - `ORT static tuned`: the same with per_channel=True, reduce_range=True, uint8 activations
@@ -19,7 +19,7 @@ machine noise), so differences between variants smaller than that are not differ
 
 Accuracy: top-1 on the digits test split (labels); on the CNNs, whose weights are random,
 top-1 agreement and output SNR against the float model on held-out noise inputs. Latency:
-all variants of a model run interleaved in one process (graphopt.bench: each round in a
+all variants of a model run interleaved in one process (graphopt.core.bench: each round in a
 shuffled order, thread-pool spinning off), median ms and the median of per-round ratios to float.
 `kernels` lists what ORT runs after its own QDQ fusion: float Conv/Gemm/MatMul left over
 mean a QDQ pair ORT could not fuse. `--schemes` adds graphopt int8 under every scheme (all layers).
@@ -53,11 +53,11 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import graphopt  # noqa: E402
-from graphopt.accuracy import Evaluator  # noqa: E402
-from graphopt.bench import paired_ratio, session_options, time_interleaved  # noqa: E402
-from graphopt.machine import describe_cpu, environment  # noqa: E402
-from graphopt.calibrate import Dataset  # noqa: E402
-from passes.quantize_stage import LossyOptions, run_lossy  # noqa: E402
+from graphopt.core.accuracy import Evaluator  # noqa: E402
+from graphopt.core.bench import paired_ratio, session_options, time_interleaved  # noqa: E402
+from graphopt.core.machine import describe_cpu, environment  # noqa: E402
+from graphopt.core.calibrate import Dataset  # noqa: E402
+from graphopt.stages.quantize import LossyOptions, run_lossy  # noqa: E402
 
 FLOAT_LAYERS = {"Conv", "FusedConv", "ConvTranspose", "Gemm", "FusedGemm", "MatMul", "FusedMatMul"}
 

@@ -19,15 +19,15 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-import tf2onnx  # noqa: E402
-from keras import layers  # noqa: E402
+import keras
+import numpy as np
+import tensorflow as tf
+import tf2onnx
+from keras import layers
 
-from zoo import NETS, Params, sample_inputs  # noqa: E402
-from zoo.check import out_dir, record, record_failure  # noqa: E402
-from zoo.cli import parse_args  # noqa: E402
+from zoo import NETS, Params, sample_inputs
+from zoo.check import out_dir, record, record_failure
+from zoo.cli import parse_args
 
 
 def _kname(name):

@@ -18,12 +18,12 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-import tf2onnx  # noqa: E402
-from tensorflow import keras  # noqa: E402
+import numpy as np
+import tensorflow as tf
+import tf2onnx
+from tensorflow import keras
 
-from zoo.realistic import finish, model_path, parse_args, versions  # noqa: E402
+from zoo.realistic import finish, model_path, parse_args, versions
 
 NAMES = ["keras_bytes"]
 OPSET = 17

@@ -97,7 +97,7 @@ class UNet(nn.Module):
         self.stem = nn.Sequential(conv_bn(3, widths[0]), conv_bn(widths[0], widths[0]))
         self.down = nn.ModuleList(nn.Sequential(conv_bn(a, b, 2), conv_bn(b, b)) for a, b in zip(widths, widths[1:]))
         ups = []
-        for i, (a, b) in enumerate(zip(widths[::-1], widths[-2::-1])):
+        for i, (a, _b) in enumerate(zip(widths[::-1], widths[-2::-1])):
             # alternate the two upsamplers exporters meet: learned ConvTranspose and bilinear Resize
             ups.append(nn.ConvTranspose2d(a, a, 2, 2) if i % 2 else nn.Identity())
         self.up = nn.ModuleList(ups)

@@ -107,7 +107,7 @@ def option_cases() -> list[Case]:
     cases.append(opt_case("quantize-int8-valid", ["--quantize", "int8", "--calibration", f"DATA:{calib.name}",
                                                   "--no-measure"], expect="ok", lossy=True, data=(calib,), fast=False))
 
-    # Data the input model (graphopt/inputs.py, calibrate) must refuse in one line.
+    # Data the input model (graphopt/core/inputs.py, calibrate) must refuse in one line.
     def arrays(name, **arrays_):
         def files(paths):
             np.savez(paths.inp / f"{name}.npz", **arrays_)

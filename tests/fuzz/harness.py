@@ -192,7 +192,7 @@ def run_in_process(argv: list[str], paths: Paths, timeout: float) -> tuple[int |
     """graphopt's CLI main() with argv; returns (exit code, stdout, stderr, hung, audit violations)."""
     import tempfile as tempfile_module
 
-    from graphopt import cli
+    from graphopt.app import cli
 
     code: int | None = None
     hung = False

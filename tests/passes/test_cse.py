@@ -2,7 +2,7 @@ import numpy as np
 import onnx
 import pytest
 
-from passes.cse import EliminateCommonSubexpressionsPass
+from graphopt.passes.cleanup.cse import EliminateCommonSubexpressionsPass
 from tests.util import assert_equivalent, copy, ops, parse, to_proto
 
 

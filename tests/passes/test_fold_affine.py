@@ -1,4 +1,4 @@
-"""Tests for passes/fold_affine.py."""
+"""Tests for passes/fusion/fold_affine.py."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from passes.fold_affine import FoldAffineIntoWeightsPass
+from graphopt.passes.fusion.fold_affine import FoldAffineIntoWeightsPass
 from tests import util
 
 RTOL = 1e-4

@@ -1,4 +1,4 @@
-"""Tests for passes/fold_batchnorm.py."""
+"""Tests for passes/fusion/fold_batchnorm.py."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from passes.fold_batchnorm import FoldBatchNormPass
+from graphopt.passes.fusion.fold_batchnorm import FoldBatchNormPass
 from tests import util
 
 RTOL = 1e-4
@@ -299,7 +299,7 @@ LIGHT = os.path.join(os.path.dirname(onnx.__file__), "backend/test/data/light")
 
 @pytest.mark.slow
 def test_light_resnet50():
-    from passes.initializer_inputs import DropInitializerInputsPass
+    from graphopt.passes.cleanup.drop_initializer_inputs import DropInitializerInputsPass
 
     path = os.path.join(LIGHT, "light_resnet50.onnx")
     model = ir.load(path)

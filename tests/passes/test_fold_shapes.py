@@ -3,9 +3,9 @@ import onnx
 import onnx_ir as ir
 import pytest
 
-from passes.dead_code import EliminateDeadCodePass
-from passes.fold_shapes import FoldShapesPass
-from passes.input_shapes import SetInputShapesPass
+from graphopt.passes.cleanup.eliminate_dead_code import EliminateDeadCodePass
+from graphopt.passes.shape.fold_shapes import FoldShapesPass
+from graphopt.passes.shape.set_input_shapes import SetInputShapesPass
 from tests.util import assert_equivalent, copy, ops, parse, to_proto
 from tests.util import run as util_run
 

@@ -2,7 +2,7 @@ import numpy as np
 import onnx
 import pytest
 
-from passes.fuse_pad import FusePadPass
+from graphopt.passes.fusion.fuse_pad import FusePadPass
 from tests.util import assert_equivalent, copy, ops, parse, to_proto
 
 W = "{" + ", ".join(str((i % 5) / 5 - 0.4) for i in range(2 * 3 * 3 * 3)) + "}"

@@ -8,9 +8,9 @@ import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from passes import fuse_parallel_decide as fpd
-from passes.fuse_parallel import FuseParallelPass, find_candidates
-from passes.fuse_parallel_decide import CostModelDecider, Decision, GuardVerdict, MeasuredDecider
+from graphopt.passes.fusion import _fuse_parallel_decide as fpd
+from graphopt.passes.fusion.fuse_parallel import FuseParallelPass, find_candidates
+from graphopt.passes.fusion._fuse_parallel_decide import CostModelDecider, Decision, GuardVerdict, MeasuredDecider
 from tests.util import assert_equivalent, copy, ops
 
 FLOAT = TensorProto.FLOAT
@@ -338,7 +338,7 @@ def test_measured_path_fuses_a_clearly_paying_candidate():
 
     The only test that depends on timing: the machine may be loaded, so it gets three tries
     (each a fresh measurement) before it fails."""
-    for attempt in range(3):
+    for _attempt in range(3):
         fpd.clear_cache()
         model = heads()
         before = copy(model)

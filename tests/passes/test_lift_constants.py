@@ -2,7 +2,7 @@ import numpy as np
 import onnx
 import pytest
 
-from passes.lift_constants import LiftConstantsPass
+from graphopt.passes.cleanup.lift_constants import LiftConstantsPass
 from tests.util import assert_equivalent, copy, ops, parse, to_proto
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from graphopt.errors import UsageError
-from passes.low_rank import FactorizeLowRankPass, RankSpec, choose_rank, parse_rank_spec
+from graphopt.core.errors import UsageError
+from graphopt.passes.prune.low_rank import FactorizeLowRankPass, RankSpec, choose_rank, parse_rank_spec
 from tests.passes.test_prune_magnitude import build
 from tests.util import assert_equivalent, copy, ops
 

@@ -10,8 +10,8 @@ import onnx_ir as ir
 import pytest
 from onnx_ir.passes.common import ShapeInferencePass
 
-from passes.prune_channels import PruneChannelsPass, keep_count
-from passes.prune_groups import analyze_channels
+from graphopt.passes.prune.prune_channels import PruneChannelsPass, keep_count
+from graphopt.passes.prune.prune_groups import analyze_channels
 from tests.passes.test_prune_magnitude import build
 from tests.util import copy, random_feeds, run
 
@@ -239,7 +239,7 @@ def test_keep_count(channels, sparsity, multiple, kept):
 
 def test_digits_model_prunes_runs_and_shrinks():
     import graphopt
-    from graphopt.analysis import analyze
+    from graphopt.core.analysis import analyze
     from tests.conftest import DIGITS
 
     model = graphopt.optimize(DIGITS, verify=False).model

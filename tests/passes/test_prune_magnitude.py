@@ -8,7 +8,7 @@ import onnx_ir as ir
 import pytest
 from onnx import numpy_helper
 
-from passes.prune_magnitude import PruneMagnitudePass, plan_magnitude, prunable_layers, prune_array
+from graphopt.passes.prune.prune_magnitude import PruneMagnitudePass, plan_magnitude, prunable_layers, prune_array
 from tests.util import assert_equivalent, copy, random_feeds, run
 
 

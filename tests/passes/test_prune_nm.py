@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from graphopt.errors import UsageError
-from passes.prune_nm import PATTERN_TAG, PruneNMPass, nm_array, parse_pattern
+from graphopt.core.errors import UsageError
+from graphopt.passes.prune.prune_nm import PATTERN_TAG, PruneNMPass, nm_array, parse_pattern
 from tests.passes.test_prune_magnitude import build
 from tests.util import assert_equivalent, copy
 

@@ -18,8 +18,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, numpy_helper
 
-from graphopt.accuracy import snr_db
-from passes.quantize_dynamic import QuantizeDynamicPass, dynamic_candidates
+from graphopt.core.accuracy import snr_db
+from graphopt.passes.quantize.quantize_dynamic import QuantizeDynamicPass, dynamic_candidates
 
 RNG = np.random.default_rng(0)
 

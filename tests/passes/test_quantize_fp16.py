@@ -16,7 +16,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, numpy_helper
 
-from passes.quantize_fp16 import ConvertFp16Pass, plan_fp16, unsafe_initializer
+from graphopt.passes.quantize.quantize_fp16 import ConvertFp16Pass, plan_fp16, unsafe_initializer
 
 F16, F32 = ir.DataType.FLOAT16, ir.DataType.FLOAT
 RNG = np.random.default_rng(0)

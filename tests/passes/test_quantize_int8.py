@@ -19,12 +19,12 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, numpy_helper
 
-from graphopt.accuracy import snr_db
-from graphopt.calibrate import load_data
-from graphopt.ranges import collect_ranges
-from passes.quantize_int8 import QuantizeInt8Pass
-from passes.quantize_plan import plan_int8
-from passes.quantize_scheme import SCHEMES, activation_params, quantize_weight, resolve_scheme
+from graphopt.core.accuracy import snr_db
+from graphopt.core.calibrate import load_data
+from graphopt.core.ranges import collect_ranges
+from graphopt.passes.quantize.quantize_int8 import QuantizeInt8Pass
+from graphopt.passes.quantize.quantize_plan import plan_int8
+from graphopt.passes.quantize.quantize_scheme import SCHEMES, activation_params, quantize_weight, resolve_scheme
 
 RNG = np.random.default_rng(0)
 MIN_SNR_DB = 25.0
@@ -389,7 +389,7 @@ def test_conv_transpose_weights_per_output_channel():
 
 
 def test_bias_correction_removes_the_mean_error_of_rounded_weights():
-    from graphopt.ranges import collect_channel_means
+    from graphopt.core.ranges import collect_channel_means
 
     nodes = [oh.make_node("Conv", ["x", "w"], ["c"], name="conv"),  # no bias: one is added
              oh.make_node("Sigmoid", ["c"], ["y"], name="head")]

@@ -3,7 +3,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from passes.recompose_ops import RecomposeOpsPass
+from graphopt.passes.fusion.recompose_ops import RecomposeOpsPass
 from tests.util import assert_equivalent, copy, ops, parse, to_proto
 
 GAMMA = "{1.0, 0.5, 2.0, 1.5}"

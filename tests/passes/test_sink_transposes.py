@@ -2,8 +2,8 @@ import numpy as np
 import onnx
 import pytest
 
-from passes.dead_code import EliminateDeadCodePass
-from passes.sink_transposes import SinkTransposesPass
+from graphopt.passes.cleanup.eliminate_dead_code import EliminateDeadCodePass
+from graphopt.passes.shape.sink_transposes import SinkTransposesPass
 from tests.util import assert_equivalent, copy, ops, parse, to_proto
 
 # NHWC -> NCHW -> work -> NHWC: the layout round trip tf2onnx leaves when its optimizer is off.

@@ -4,7 +4,7 @@ import numpy as np
 import onnx
 import pytest
 
-from passes.training_leftovers import TrainingLeftoversPass
+from graphopt.passes.cleanup.training_leftovers import TrainingLeftoversPass
 from tests.util import assert_equivalent, copy, ops, parse, run, to_proto
 
 BN_TRAIN = """

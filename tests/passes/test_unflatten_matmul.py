@@ -2,8 +2,8 @@ import numpy as np
 import onnx
 import pytest
 
-from passes.dead_code import EliminateDeadCodePass
-from passes.unflatten_matmul import UnflattenMatMulPass
+from graphopt.passes.cleanup.eliminate_dead_code import EliminateDeadCodePass
+from graphopt.passes.shape.unflatten_matmul import UnflattenMatMulPass
 from tests.util import assert_equivalent, copy, ops, parse, to_proto
 
 W = "{" + ", ".join(str((i % 7) / 7 - 0.5) for i in range(24)) + "}"

@@ -2,8 +2,8 @@ import numpy as np
 import onnx
 import pytest
 
-from graphopt.errors import UsageError
-from passes.upgrade_opset import OpsetConversionError, UpgradeOpsetPass
+from graphopt.core.errors import UsageError
+from graphopt.passes.cleanup.upgrade_opset import OpsetConversionError, UpgradeOpsetPass
 from tests.util import assert_equivalent, copy, ops, parse, to_proto
 
 CLIP10 = """

@@ -1,0 +1,2 @@
+"""Renderers: rich tables, Markdown, HTML and plots of reports, benchmarks, comparisons and builds.
+They format; they compute nothing."""

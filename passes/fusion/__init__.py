@@ -1,0 +1,1 @@
+"""Fusion passes: BatchNormalization and affine folding, Pad folding, re-composed ops, horizontal fusion."""

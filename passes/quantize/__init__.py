@@ -1,0 +1,1 @@
+"""Quantization passes: static and dynamic INT8, FP16 (lossy, opt-in)."""

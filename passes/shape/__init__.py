@@ -1,0 +1,1 @@
+"""Shape passes: shape inference, fixed input dims, shape arithmetic, Transpose/Reshape layout."""
