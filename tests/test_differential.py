@@ -17,7 +17,7 @@ import pytest
 
 from tests.differential import check_seed
 
-FAST_SEEDS = range(0, 64)
+FAST_SEEDS = range(0, 120)
 SLOW_START, SLOW_GRAPHS, SLOW_CHUNK = 100_000, 4000, 100
 
 
