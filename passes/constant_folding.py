@@ -37,15 +37,15 @@ Cases:
    outputs, a result whose dtype differs from the declared one, or an evaluation that fails
    in both evaluators. The node is left as it was (debug log).
 6. Dead nodes (no output used, none a graph output) are left to dead-code elimination.
-   So are the parameters of a training-mode BatchNormalization: ORT 1.32 at its default
-   level shares equal small initializers, and computes such a BN wrongly when two of its
-   inputs are one buffer (a folded `mean * 1` bias next to `mean`).
 7. An If whose condition is constant is replaced by the branch it takes
    (`constant_folding_if`), and the branch's nodes are folded in the same run. ORT inlines
    it anyway from ORT_ENABLE_BASIC up, and then rejects constant [1] tensors fed to Range.
 8. Range is evaluated with its one-element inputs as scalars, as ORT's kernel reads them (its
    shape inference, which runs when all three are constants, refuses [1] tensors). When the
    result is too big to fold, such inputs are still replaced by scalar constants.
+9. Declined: the parameters of a training-mode BatchNormalization. ORT 1.32 at its default
+   level shares equal small initializers, and computes such a BN wrongly when two of its
+   inputs are one buffer (a folded `mean * 1` bias next to `mean`).
 
 Scope: the main graph, then every If/Loop/Scan body (outer constants count as constants
 inside; the result is an initializer of the body that owns the node). Functions are left
@@ -131,7 +131,7 @@ class FoldConstantsPass(ir.passes.InPlacePass):
         if not any(v.uses() or v.is_graph_output() for v in outputs):
             return False
         if any(patterns.is_training_batchnorm(use.node) for v in outputs for use in v.uses()):
-            return False  # case 6
+            return False  # case 9
         inputs = [v for v in node.inputs if v is not None]
         if not inputs:
             return False
