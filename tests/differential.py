@@ -12,6 +12,21 @@ ORT gets the original right there too: ORT's own bugs at that level are not ours
 
     python -m tests.differential --graphs 3000 --jobs 2      # figures: graphs, ops, wrong/broken per level
     python -m tests.differential --seed 1234 --minimize       # one graph, failures minimized and printed
+
+Found so far (each fixed, with a regression test beside the pass's tests):
+- fuse_pad: Pad folded into pooling with a pad reaching the kernel size (ORT refuses the model),
+  or, with ceil_mode, padding the end (the output shrinks).
+- recompose_ops: rewrites in an If body and in the main graph got the same onnxscript names
+  (val_N): the checker rejects the model.
+- fold_shapes (graphopt/shapes.py): float shape arithmetic computed in float64 (10 * 0.7 -> 6,
+  ORT says 7), integer Mod with fmod=0 given C's sign, ReduceSum noop_with_empty_axes ignored.
+- recompose_ops: the canonical LayerNorm (opset < 17) written after a Cast from double or ints,
+  which ORT's LayerNormFusion takes in and then cannot load.
+- noops, dedupe, cse: a training-mode BatchNormalization made to read one value twice (ORT
+  computes it wrongly); fold_constants, fold_shapes: its parameters folded into initializers
+  equal to another one, which ORT's default level then shares.
+Not ours, and avoided by the generator: ORT's LayerNormFusion of a Pow-form LayerNorm right
+after a Cast from double/float16 fails to load whatever graphopt does.
 """
 
 from __future__ import annotations
@@ -97,14 +112,16 @@ def differs(ref: list[np.ndarray], got: list[np.ndarray]) -> str | None:
 
 
 def model_ops(model: onnx.ModelProto) -> collections.Counter:
+    """Op types in the main graph, bodies and functions; a call of a local function counts as
+    "<domain> function"."""
     ops: collections.Counter = collections.Counter()
-    stack = [model.graph]
+    stack: list = [model.graph, *model.functions]
     while stack:
         graph = stack.pop()
         for node in graph.node:
-            ops[node.op_type] += 1
+            ops[node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain} function"] += 1
             stack.extend(a.g for a in node.attribute if a.type == onnx.AttributeProto.GRAPH)
-            stack.extend(a.graphs for a in node.attribute if a.type == onnx.AttributeProto.GRAPHS)
+            stack.extend(g for a in node.attribute if a.type == onnx.AttributeProto.GRAPHS for g in a.graphs)
     return ops
 
 

@@ -17,7 +17,7 @@ import pytest
 
 from tests.differential import check_seed
 
-FAST_SEEDS = range(0, 64)
+FAST_SEEDS = range(0, 120)
 SLOW_START, SLOW_GRAPHS, SLOW_CHUNK = 100_000, 4000, 100
 
 
@@ -29,11 +29,14 @@ def _quiet():
 
 
 def _assert_clean(seeds) -> None:
-    failures = []
+    failures, out_of_scope = [], []
     for seed in seeds:
         outcome = check_seed(seed)
         failures += [f"seed {seed}: {p}" for p in outcome.problems]
+        if outcome.status != "ran":  # the generator's own mistakes, or graphs ORT cannot run
+            out_of_scope.append(f"seed {seed}: {outcome.status}")
     assert not failures, "\n".join(failures) + "\n(minimize with: python -m tests.differential --seed N --minimize)"
+    assert len(out_of_scope) <= len(seeds) // 20, "\n".join(out_of_scope)  # 1 in 5000 today
 
 
 @pytest.mark.parametrize("first", range(FAST_SEEDS.start, FAST_SEEDS.stop, 8))

@@ -18,6 +18,7 @@ __all__ = [
     "fresh_name",
     "make_names_unique",
     "aliases_training_batchnorm",
+    "is_training_batchnorm",
     "FILL_MIN_BYTES",
     "fill_value",
     "is_fill",
@@ -230,12 +231,16 @@ def aliases_training_batchnorm(old: ir.Value, new: ir.Value) -> bool:
     zero bias and a zero running mean, which deduplication would merge."""
     for use in old.uses():
         node = use.node
-        if node.op_type != "BatchNormalization" or not is_default_domain(node):
-            continue
-        training = attr_int(node, "training_mode", 0) == 1 or sum(1 for o in node.outputs if o.name) > 1
-        if training and any(v is new for i, v in enumerate(node.inputs) if i != use.idx):
+        if is_training_batchnorm(node) and any(v is new for i, v in enumerate(node.inputs) if i != use.idx):
             return True
     return False
+
+
+def is_training_batchnorm(node: ir.Node) -> bool:
+    """A BatchNormalization in training mode (training_mode=1, or running statistics as outputs)."""
+    if node.op_type != "BatchNormalization" or not is_default_domain(node):
+        return False
+    return attr_int(node, "training_mode", 0) == 1 or sum(1 for o in node.outputs if o.name) > 1
 
 
 # --- Constants, fills and constant expressions -------------------------------------------------

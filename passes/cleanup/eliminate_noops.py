@@ -24,10 +24,10 @@ Cases (default domain only), in every graph: main graph, If/Loop/Scan bodies, fu
 
 Refused: anything whose proof needs unknown dtypes, shapes or non-constant attributes;
 custom domains; pairs whose first node lives in another graph; a removal that would give a
-training-mode BatchNormalization one value in two inputs (ORT 1.32 computes that wrongly). Graph input/output names
-stay stable (`graphopt.core.patterns.remove_node_keep_value`): a no-op between a graph input
-(or initializer) and a graph output is kept, and so is a body's no-op that forwards an
-outer-scope value to a body output (renaming it would break the outer graph).
+training-mode BatchNormalization one value in two inputs (ORT 1.32 computes that wrongly).
+Graph input/output names stay stable (`graphopt.core.patterns.remove_node_keep_value`): a no-op
+between a graph input (or initializer) and a graph output is kept, and so is a body's no-op
+that forwards an outer-scope value to a body output (renaming it would break the outer graph).
 """
 
 from __future__ import annotations

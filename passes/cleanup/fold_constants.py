@@ -43,6 +43,9 @@ Cases:
 8. Range is evaluated with its one-element inputs as scalars, as ORT's kernel reads them (its
    shape inference, which runs when all three are constants, refuses [1] tensors). When the
    result is too big to fold, such inputs are still replaced by scalar constants.
+9. Declined: the parameters of a training-mode BatchNormalization. ORT 1.32 at its default
+   level shares equal small initializers, and computes such a BN wrongly when two of its
+   inputs are one buffer (a folded `mean * 1` bias next to `mean`).
 
 Scope: the main graph, then every If/Loop/Scan body (outer constants count as constants
 inside; the result is an initializer of the body that owns the node). Functions are left
@@ -127,6 +130,8 @@ class FoldConstantsPass(ir.passes.InPlacePass):
         outputs = [v for v in node.outputs if v.name]
         if not any(v.uses() or v.is_graph_output() for v in outputs):
             return False
+        if any(patterns.is_training_batchnorm(use.node) for v in outputs for use in v.uses()):
+            return False  # case 9
         inputs = [v for v in node.inputs if v is not None]
         if not inputs:
             return False

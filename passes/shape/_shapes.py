@@ -258,6 +258,7 @@ def _binary(op: str, x, y, kind: str, fmod: int = 0):
 
 
 _BINARY = {"Add", "Sub", "Mul", "Div", "Mod", "Max", "Min", "Equal"}
+_INT_KINDS = "iu"
 
 
 def _as(dtype: np.dtype, e):
@@ -267,7 +268,6 @@ def _as(dtype: np.dtype, e):
     if dtype.kind in _INT_KINDS:
         return int(e)
     return float(dtype.type(e))
-_INT_KINDS = "iu"
 
 
 def evaluate(node: ir.Node, env: dict[int, Vec], dims: Dims, opset: int) -> Sequence[Vec | None]:

@@ -16,6 +16,9 @@ is a number, a named symbolic dim (`batch`) or unknown, then:
 4. `Flatten(x, axis=1)` of a rank-2 x (MXNet's Flatten before a Dense after a Flatten) is
    removed: it returns x unchanged.
 
+A vector read by a training-mode BatchNormalization is not materialized (ORT 1.32 may share
+it with an equal parameter and then computes the BN wrongly; see constant_folding case 9).
+
 A symbolic dim is never replaced by a number: dims the model leaves dynamic stay dynamic
 unless the user fixes them (`--shape`, `SetInputShapesPass`), after which everything that
 depends only on shapes folds. Shapes come from onnx shape inference run on a copy whose
@@ -40,8 +43,8 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
-from graphopt.core.patterns import (attr_int, constant_array, fresh_name, is_default_domain, model_names,
-                               opset_version, remove_node_keep_value)
+from graphopt.core.patterns import (attr_int, constant_array, fresh_name, is_default_domain, is_training_batchnorm,
+                                    model_names, opset_version, remove_node_keep_value)
 from graphopt.core.pipeline import CountedPassResult
 from graphopt.passes.shape._shapes import Vec, evaluate, infer_dims
 
@@ -114,6 +117,8 @@ class FoldShapesPass(ir.passes.InPlacePass):
             readers = [use.node for use in out.uses()]
             if not readers or all(_all_concrete(r, env) for r in readers):
                 continue  # its readers fold too; materializing there is enough
+            if any(is_training_batchnorm(r) for r in readers):
+                continue  # see FoldConstantsPass case 9: ORT may share it with an equal parameter
             init = _new_initializer(node.graph, taken, f"{out.name or 'shape'}_folded", vec.array())
             out.replace_all_uses_with(init)
             counters["values_folded"] += 1

@@ -280,3 +280,21 @@ def test_reduce_sum_without_axes_and_noop_with_empty_axes_keeps_the_vector():
     before, _ = _fold(model)
     onnx.checker.check_model(to_proto(model), full_check=True)
     assert_equivalent(before, model, {"x": np.ones((1, 2, 3, 4), np.float32)})
+
+
+# Found by tests/test_differential.py (seed 101697): `mean * 1` materialized as a parameter of
+# a training-mode BatchNormalization equal to its running mean; ORT's default level shares
+# the two initializers and then computes the BN wrongly.
+def test_training_batchnorm_parameters_are_not_materialized():
+    model = parse("""
+        <ir_version: 8, opset_import: ["" : 15]>
+        g (float[2,4,3] x) => (float[2,4,3] y)
+          <float[4] scale = {1,1,1,1}, float[4] mean = {0.5,0,1,0}, float[4] var = {1,1,1,1}, float one = {1}> {
+            s = Shape(x)
+            xs = Reshape(x, s)
+            b = Mul(mean, one)
+            y, rm, rv = BatchNormalization <training_mode = 1> (xs, scale, b, mean, var)
+        }""")
+    before, result = _fold(model)
+    assert "Mul" in ops(model)
+    assert_equivalent(before, model, {"x": np.random.default_rng(0).standard_normal((2, 4, 3)).astype(np.float32)})
